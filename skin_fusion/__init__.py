@@ -1,0 +1,1 @@
+"""SkinFusion: dermoscopy image + patient metadata fusion classifier for the Hugging Face ecosystem."""
