@@ -1,1 +1,32 @@
-"""SkinFusion: dermoscopy image + patient metadata fusion classifier for the Hugging Face ecosystem."""
+"""SkinFusion: dermoscopy image + patient metadata fusion classifier for the Hugging Face ecosystem.
+
+Importing the package registers the config, models and processor with transformers' Auto classes, and marks them
+so that `save_pretrained` / `push_to_hub` copy their code (an `auto_map` in config.json) for `trust_remote_code`.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, AutoProcessor
+
+from .configuration_skin_fusion import SkinFusionConfig
+from .metadata_encoding import MetadataEncoder, MetadataError
+from .modeling_skin_fusion import SkinFusionForImageClassification, SkinFusionModel
+from .processing_skin_fusion import SkinFusionProcessor
+
+AutoConfig.register(SkinFusionConfig.model_type, SkinFusionConfig, exist_ok=True)
+AutoModel.register(SkinFusionConfig, SkinFusionModel, exist_ok=True)
+AutoModelForImageClassification.register(SkinFusionConfig, SkinFusionForImageClassification, exist_ok=True)
+AutoImageProcessor.register(SkinFusionConfig, image_processor_classes={"pil": SkinFusionProcessor}, exist_ok=True)
+AutoProcessor.register(SkinFusionConfig, SkinFusionProcessor, exist_ok=True)
+
+SkinFusionConfig.register_for_auto_class()
+SkinFusionModel.register_for_auto_class("AutoModel")
+SkinFusionForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+SkinFusionProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = [
+    "MetadataEncoder",
+    "MetadataError",
+    "SkinFusionConfig",
+    "SkinFusionForImageClassification",
+    "SkinFusionModel",
+    "SkinFusionProcessor",
+]

@@ -1,0 +1,141 @@
+"""SkinFusion model: timm image backbone + metadata MLP, concatenated, classified by one or two dense layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+from .backbones import create_backbone
+from .configuration_skin_fusion import SkinFusionConfig
+
+
+def dense_stack(in_features: int, widths: list[int], dropout: float) -> nn.Sequential:
+    """Dropout -> Linear -> ReLU for each width (the study's dense blocks)."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Dropout(dropout), nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+        in_features = width
+    return nn.Sequential(*layers)
+
+
+class SkinFusionPreTrainedModel(PreTrainedModel):
+    config_class = SkinFusionConfig
+    config: SkinFusionConfig
+    base_model_prefix = "skin_fusion"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # Trainer must not pass its loss kwargs (num_items_in_batch) to forward.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the metadata MLP and the head are ours; timm initialised (or pretrained weights set) the backbone.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            nn.init.zeros_(module.bias)
+
+
+class SkinFusionModel(SkinFusionPreTrainedModel):
+    """Encoder: pooled backbone features and/or metadata-MLP features, concatenated (`pooler_output`)."""
+
+    def __init__(self, config: SkinFusionConfig) -> None:
+        super().__init__(config)
+        self.backbone = create_backbone(config.backbone) if config.uses_image else None
+        if self.backbone is not None:
+            # timm has initialised these modules: keep transformers' post_init from re-initialising them.
+            for module in self.backbone.modules():
+                module._is_hf_initialized = True
+        self.metadata_mlp = (
+            dense_stack(config.metadata_dim, config.metadata_hidden_sizes, 0.0) if config.uses_metadata else None
+        )
+        self.post_init()
+
+    @property
+    def image_features_dim(self) -> int:
+        return self.backbone.num_features if self.backbone is not None else 0
+
+    @property
+    def metadata_features_dim(self) -> int:
+        return self.config.metadata_hidden_sizes[-1] if self.metadata_mlp is not None else 0
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        metadata: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch, 3, image_size, image_size)`):
+                Normalised images from `SkinFusionProcessor`; required unless `modality="metadata"`.
+            metadata (`torch.FloatTensor` of shape `(batch, config.metadata_dim)`):
+                Encoded metadata from `SkinFusionProcessor` (missing values already imputed and flagged);
+                required unless `modality="image"`.
+
+        Returns:
+            `BaseModelOutputWithPooling` whose `pooler_output` is the fused feature vector and whose
+            `last_hidden_state` is the backbone's last feature map (`None` for the metadata-only model).
+        """
+        features: list[torch.Tensor] = []
+        feature_map = None
+        if self.backbone is not None:
+            if pixel_values is None:
+                raise ValueError(
+                    f"modality={self.config.modality!r} needs `pixel_values`; run the image through "
+                    "SkinFusionProcessor, or use modality='metadata'."
+                )
+            feature_map = self.backbone.forward_features(pixel_values)
+            features.append(self.backbone.forward_head(feature_map, pre_logits=True))
+        if self.metadata_mlp is not None:
+            if metadata is None:
+                raise ValueError(
+                    f"modality={self.config.modality!r} needs `metadata`; SkinFusionProcessor encodes it, and rows "
+                    "with nothing recorded are valid (pass `metadata=[{}]` to the processor)."
+                )
+            if metadata.shape[-1] != self.config.metadata_dim:
+                raise ValueError(
+                    f"metadata has {metadata.shape[-1]} columns but this model expects {self.config.metadata_dim}; "
+                    "encode it with the processor saved beside this model."
+                )
+            features.append(self.metadata_mlp(metadata))
+        return BaseModelOutputWithPooling(last_hidden_state=feature_map, pooler_output=torch.cat(features, dim=-1))
+
+
+class SkinFusionForImageClassification(SkinFusionPreTrainedModel):
+    """SkinFusion encoder with a dense classification head; logits are divided by `config.temperature`."""
+
+    def __init__(self, config: SkinFusionConfig) -> None:
+        super().__init__(config)
+        self.skin_fusion = SkinFusionModel(config)
+        fused_dim = self.skin_fusion.image_features_dim + self.skin_fusion.metadata_features_dim
+        self.head = dense_stack(fused_dim, config.head_hidden_sizes, config.dropout)
+        head_out = config.head_hidden_sizes[-1] if config.head_hidden_sizes else fused_dim
+        self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(head_out, config.num_labels))
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        metadata: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        r"""
+        Args:
+            pixel_values, metadata: see `SkinFusionModel.forward`.
+            labels (`torch.LongTensor` of shape `(batch,)`, *optional*):
+                Class indices; when given, the (class-weighted) cross-entropy loss is returned.
+
+        Returns:
+            `ImageClassifierOutput` with `logits` (temperature-scaled) and `loss` when `labels` are given.
+        """
+        encoded = self.skin_fusion(pixel_values=pixel_values, metadata=metadata)
+        logits = self.classifier(self.head(encoded.pooler_output)) / self.config.temperature
+        loss = None
+        if labels is not None:
+            weight = None
+            if self.config.class_weights is not None:
+                weight = torch.tensor(self.config.class_weights, dtype=logits.dtype, device=logits.device)
+            loss = nn.functional.cross_entropy(logits, labels.long(), weight=weight)
+        return ImageClassifierOutput(loss=loss, logits=logits)
