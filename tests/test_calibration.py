@@ -1,0 +1,113 @@
+"""Expected calibration error and temperature scaling in `skin_fusion.calibration`."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import softmax
+
+from skin_fusion.calibration import (
+    TEMPERATURE_BOUNDS,
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+)
+
+NUM_CLASSES = 5
+
+
+def sample_labels(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One label per row drawn from that row's probabilities, so `probs` are calibrated by construction."""
+    return (rng.random(len(probs))[:, None] > probs.cumsum(axis=1)).sum(axis=1).clip(max=probs.shape[1] - 1)
+
+
+def calibrated_logits(num_examples: int = 20000, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    logits = 2.0 * rng.normal(size=(num_examples, NUM_CLASSES))
+    return logits, sample_labels(softmax(logits, axis=1), rng)
+
+
+def test_ece_of_calibrated_probabilities_is_near_zero():
+    logits, labels = calibrated_logits()
+    assert expected_calibration_error(softmax(logits, axis=1), labels) < 0.02
+
+
+def test_ece_of_over_confident_probabilities_is_large():
+    logits, labels = calibrated_logits()
+    assert expected_calibration_error(softmax(3.0 * logits, axis=1), labels) > 0.15
+
+
+def test_ece_equals_hand_computed_value():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
+    # Bins of width 1/15: 0.7 (right) and 0.8 (wrong) fall in separate bins: (0.3 + 0.8) / 2.
+    assert expected_calibration_error(probs, np.array([0, 2])) == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 2.0, 4.0])
+def test_fit_temperature_recovers_the_generating_temperature(true_temperature):
+    rng = np.random.default_rng(1)
+    logits = 3.0 * rng.normal(size=(20000, NUM_CLASSES))
+    labels = sample_labels(softmax(logits / true_temperature, axis=1), rng)
+    assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.05)
+
+
+def test_fit_temperature_lowers_nll_and_ece_of_over_confident_logits():
+    logits, labels = calibrated_logits()
+    over_confident = 3.0 * logits
+    temperature = fit_temperature(over_confident, labels)
+    scaled = apply_temperature(over_confident, temperature)
+
+    assert temperature == pytest.approx(3.0, rel=0.05)
+    assert negative_log_likelihood(scaled, labels) < 0.8 * negative_log_likelihood(over_confident, labels)
+    assert expected_calibration_error(softmax(scaled, axis=1), labels) < 0.02
+
+
+def test_fit_temperature_is_deterministic_and_accepts_tensors():
+    logits, labels = calibrated_logits(num_examples=2000)
+    from_numpy = fit_temperature(logits, labels)
+    assert fit_temperature(logits, labels) == from_numpy
+    from_tensors = fit_temperature(torch.from_numpy(logits).float(), torch.from_numpy(labels))
+    assert from_tensors == pytest.approx(from_numpy, rel=1e-4)
+
+
+def test_fit_temperature_stays_in_bounds_on_separable_data():
+    logits, _ = calibrated_logits(num_examples=2000)
+    temperature = fit_temperature(logits, logits.argmax(axis=1))
+    low, _high = TEMPERATURE_BOUNDS
+    assert low <= temperature < 1.01 * low
+
+
+def test_apply_temperature_keeps_type_and_predicted_class():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]])
+    scaled = apply_temperature(logits, 2.0)
+    assert isinstance(scaled, torch.Tensor)
+    torch.testing.assert_close(scaled, logits / 2.0)
+    np.testing.assert_array_equal(apply_temperature(logits.numpy(), 0.5).argmax(axis=1), [0, 1])
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), float("nan")])
+def test_apply_temperature_refuses_non_positive_or_non_finite(temperature):
+    with pytest.raises(ValueError, match="finite number > 0"):
+        apply_temperature(np.zeros((1, 2)), temperature)
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "message"),
+    [
+        (np.empty((0, NUM_CLASSES)), np.empty(0, dtype=int), "is empty"),
+        (np.full((3, NUM_CLASSES), 0.2), np.array([0, 1]), "has 3 rows but `labels` has 2"),
+        (np.full((2, NUM_CLASSES), 0.2), np.array([0, NUM_CLASSES]), r"must lie in \[0, 5\)"),
+        (np.full((2, NUM_CLASSES), 0.2), np.array([0.0, 1.0]), "integer class indices"),
+        (np.full(NUM_CLASSES, 0.2), np.array([0]), "must be 2-D"),
+        (np.array([[np.nan, 1.0]]), np.array([0]), "NaN or infinite"),
+    ],
+)
+@pytest.mark.parametrize("function", [expected_calibration_error, fit_temperature])
+def test_bad_inputs_raise_clear_errors(function, scores, labels, message):
+    with pytest.raises(ValueError, match=message):
+        function(scores, labels)
+
+
+def test_ece_refuses_logits():
+    with pytest.raises(ValueError, match="apply a softmax"):
+        expected_calibration_error(np.array([[2.0, -1.0], [0.5, 0.1]]), np.array([0, 1]))
