@@ -49,7 +49,25 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
         self.metadata_mlp = (
             dense_stack(config.metadata_dim, config.metadata_hidden_sizes, 0.0) if config.uses_metadata else None
         )
+        # A frozen backbone runs without autograd and keeps its batch-norm statistics (see `freeze_backbone`).
+        self.backbone_frozen = False
         self.post_init()
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Freeze or unfreeze the backbone for the first fine-tuning phase.
+
+        Freezing stops gradients inside `forward` instead of flipping `requires_grad`: DistributedDataParallel fixes
+        the set of trainable parameters when it wraps the model, so a backbone unfrozen later would never be
+        synchronised across processes.
+        """
+        self.backbone_frozen = frozen
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> SkinFusionModel:
+        super().train(mode)
+        if self.backbone is not None and self.backbone_frozen:
+            self.backbone.eval()  # pretrained batch-norm statistics stay as they are while frozen
+        return self
 
     @property
     def image_features_dim(self) -> int:
@@ -85,8 +103,9 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
                     f"modality={self.config.modality!r} needs `pixel_values`; run the image through "
                     "SkinFusionProcessor, or use modality='metadata'."
                 )
-            feature_map = self.backbone.forward_features(pixel_values)
-            features.append(self.backbone.forward_head(feature_map, pre_logits=True))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+                feature_map = self.backbone.forward_features(pixel_values)
+                features.append(self.backbone.forward_head(feature_map, pre_logits=True))
         if self.metadata_mlp is not None:
             if metadata is None:
                 raise ValueError(

@@ -6,7 +6,7 @@ turns a dermoscopy image and a patient record into model inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import timm
@@ -166,6 +166,21 @@ class SkinFusionProcessor(BaseImageProcessor):
                 "row per image (an empty dict for an unknown one)."
             )
         return BatchFeature(data=data)
+
+    def dataset_transform(
+        self, training: bool, use_images: bool = True, use_metadata: bool = True, label_column: str = "label"
+    ) -> Callable[[dict[str, list]], dict[str, Any]]:
+        """A `datasets.Dataset.set_transform` function: a batch of rows to `pixel_values`, `metadata`, `labels`."""
+
+        def transform(batch: dict[str, list]) -> dict[str, Any]:
+            inputs: dict[str, Any] = {"labels": batch[label_column]}
+            if use_images:
+                inputs["pixel_values"] = self.preprocess_images(batch["image"], training=training)
+            if use_metadata and self.metadata_encoder is not None:
+                inputs["metadata"] = self.encode_metadata({c: batch[c] for c in self.encoder.columns})
+            return inputs
+
+        return transform
 
     def check_matches(self, config: Any) -> None:
         """Raise if this processor's metadata encoding does not fit the model `config` (a SkinFusionConfig)."""

@@ -1,0 +1,37 @@
+"""Finding the checkpoint a killed or crashed run resumes from."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """Trainer writes `trainer_state.json` last: a checkpoint without a readable one was cut off mid-save."""
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete `checkpoint-N` folder in `output_dir`, skipping (and naming) any cut-off one."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    checkpoints = sorted(
+        (p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)),
+        key=lambda p: int(_CHECKPOINT.match(p.name).group(1)), reverse=True,
+    )
+    for checkpoint in checkpoints:
+        if is_complete_checkpoint(checkpoint):
+            return str(checkpoint)
+        logger.warning("Skipping %s: it was cut off while being saved (no readable trainer_state.json).", checkpoint)
+    return None

@@ -1,0 +1,103 @@
+"""The model card (`README.md` beside the weights), rendered from the top-level `model_card.md` template."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+CARD_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auc", "ece")
+
+
+@dataclass
+class ModelCardFacts:
+    """What a training run knows about itself; every number on the card comes from here."""
+
+    model_name: str
+    repo_or_path: str
+    label_names: list[str]
+    backbone: str
+    image_size: int
+    modality: str
+    metadata_columns: list[str]
+    dataset_name: str
+    dataset_source: str
+    synthetic: bool
+    license: str
+    test_metrics: dict[str, float]
+    test_results: dict[str, Any]
+    subgroups: list[dict[str, Any]]
+    temperature: float
+    ece_before: float
+    ece_after: float
+    split_sizes: dict[str, int]
+    train_counts: dict[str, int]
+    group_column: str | None
+    training: dict[str, Any] = field(default_factory=dict)
+    base_model: str | None = None
+    hub_dataset: str | None = None
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def card_data(facts: ModelCardFacts) -> ModelCardData:
+    """The YAML header: licence, datasets, metrics, `model-index` with this run's test results, tags."""
+    dataset_type = facts.hub_dataset or facts.dataset_name
+    results = [
+        EvalResult(
+            task_type="image-classification", task_name="Skin lesion classification", dataset_type=dataset_type,
+            dataset_name=facts.dataset_name, dataset_split="test", metric_type=name, metric_name=name,
+            metric_value=round(facts.test_metrics[name], 4),
+        )
+        for name in CARD_METRICS if name in facts.test_metrics
+    ]
+    return ModelCardData(
+        model_name=facts.model_name, license=facts.license, library_name="transformers",
+        pipeline_tag="image-classification", base_model=facts.base_model,
+        datasets=[facts.hub_dataset] if facts.hub_dataset else None, metrics=list(CARD_METRICS),
+        tags=["skin-lesion", "dermoscopy", "multimodal", "timm", "skin_fusion", "medical-research"]
+        + (["synthetic-data"] if facts.synthetic else []),
+        eval_results=results,
+    )
+
+
+def render_model_card(facts: ModelCardFacts, template_path: Path = MODEL_CARD_TEMPLATE) -> ModelCard:
+    """The filled-in card; its YAML parses with `huggingface_hub.ModelCard`."""
+    if not template_path.is_file():
+        raise FileNotFoundError(f"Model card template {template_path} is missing; restore model_card.md.")
+    per_class = [
+        {"name": name, "precision": _fmt(facts.test_results["precision"][i]), "recall": _fmt(facts.test_results["recall"][i]),
+         "auc": _fmt(facts.test_results["roc_auc"][i]), "support": int(sum(facts.test_results["confusion_matrix"][i]))}
+        for i, name in enumerate(facts.label_names)
+    ]
+    subgroups = [{key: _fmt(row.get(key)) for key in ("feature", "group", "n", "accuracy", "balanced_accuracy", "ece")}
+                 for row in facts.subgroups]
+    training = facts.training
+    unfreeze = training.get("unfreeze_last_blocks", 0)
+    card = ModelCard.from_template(
+        card_data(facts), template_path=str(template_path),
+        model_name=facts.model_name, repo_or_path=facts.repo_or_path, label_names=facts.label_names,
+        backbone=facts.backbone, image_size=facts.image_size, modality=facts.modality,
+        modality_description={"fusion": "image features concatenated with metadata-MLP features",
+                              "image": "image only", "metadata": "metadata only"}[facts.modality],
+        metadata_description=", ".join(facts.metadata_columns) or "none",
+        example_metadata="{" + ", ".join(f'"{c}": None' for c in facts.metadata_columns) + "}",
+        synthetic=facts.synthetic, dataset_name=facts.dataset_name, dataset_source=facts.dataset_source,
+        group_column=facts.group_column, test_size=facts.split_sizes.get("test", 0),
+        test_metrics={k: facts.test_metrics[k] for k in CARD_METRICS if k in facts.test_metrics},
+        per_class=per_class, subgroups=subgroups, min_subgroup=training.get("min_subgroup", 5),
+        temperature=facts.temperature, ece_before=facts.ece_before, ece_after=facts.ece_after,
+        split_sizes=", ".join(f"{k} {v}" for k, v in facts.split_sizes.items()),
+        train_counts=", ".join(f"{k} {v}" for k, v in facts.train_counts.items()),
+        unfreeze_description="all blocks" if not unfreeze else f"last {unfreeze} blocks",
+        **{k: v for k, v in training.items() if k not in ("unfreeze_last_blocks", "min_subgroup")},
+    )
+    return card

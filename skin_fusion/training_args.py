@@ -1,0 +1,143 @@
+"""Arguments of `train.py`: model, data and training dataclasses for `HfArgumentParser`, and named presets.
+
+With no arguments, `train.py` runs the `demo` preset: the embedded synthetic set, EfficientNet-Lite0 with its offline
+ImageNet weights at 128 px, a few epochs; it finishes on a 2-core CPU in a few minutes. `--preset study` is the
+original study's EfficientNet-B4 at 380 px with Hub weights, for a GPU and a network. A value given on the command
+line (or in a JSON file) always wins over the preset.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser, TrainingArguments
+
+DEFAULT_OUTPUT_DIR = "outputs/skin-fusion"
+
+# The dataclass defaults below are the demo preset; other presets override some of them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "study": {
+        "backbone": "tf_efficientnet_b4", "image_size": 380, "backbone_weights": "hub",
+        "num_train_epochs": 30, "freeze_epochs": 3, "per_device_train_batch_size": 16, "learning_rate": 1e-3,
+        "backbone_learning_rate": 1e-4, "early_stopping_patience": 5,
+    },
+}
+
+
+@dataclass
+class ModelArguments:
+    """What to train: the `SkinFusionConfig` settings that are not learned from the data."""
+
+    preset: str = field(default="demo", metadata={"help": f"Named defaults: {', '.join(PRESETS)}."})
+    backbone: str = field(default="tf_efficientnet_lite0", metadata={"help": "Any timm model name."})
+    image_size: int = field(default=128, metadata={"help": "Square input resolution in pixels."})
+    backbone_weights: str = field(
+        default="lite", metadata={"help": "Pretrained backbone weights: none, hub, file or lite (offline Lite0/1/2)."}
+    )
+    backbone_weights_file: str | None = field(default=None, metadata={"help": "State dict for backbone_weights=file."})
+    modality: str = field(default="fusion", metadata={"help": "fusion, image (backbone only) or metadata (MLP only)."})
+    metadata_hidden_sizes: list[int] = field(default_factory=lambda: [64, 32], metadata={"help": "Metadata MLP widths."})
+    head_hidden_sizes: list[int] = field(
+        default_factory=lambda: [256], metadata={"help": "Fusion head hidden widths: none (one layer) or one width."}
+    )
+    dropout: float = field(default=0.3, metadata={"help": "Dropout before every dense layer."})
+
+
+@dataclass
+class DataArguments:
+    """Which lesion set, which columns, how to split and balance it."""
+
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "imagefolder directory with metadata.csv, a CSV file (with --images_dir), or a Hub dataset "
+                          "id. Default: the embedded synthetic demo set (generated on first use)."},
+    )
+    images_dir: str | None = field(default=None, metadata={"help": "Image folder for a CSV --dataset."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (detected: dx, label, diagnosis)."})
+    numeric_columns: list[str] | None = field(default=None, metadata={"help": "Numeric metadata (detected: age)."})
+    categorical_columns: list[str] | None = field(
+        default=None, metadata={"help": "Categorical metadata (detected: sex, localization / anatom_site_general)."}
+    )
+    group_column: str | None = field(default=None, metadata={"help": "Grouping for splits (detected: lesion_id)."})
+    validation_size: float = field(default=0.15, metadata={"help": "Validation fraction (when no split column)."})
+    test_size: float = field(default=0.15, metadata={"help": "Test fraction (when no split column)."})
+    max_samples: int | None = field(default=None, metadata={"help": "Stratified subsample for quick runs."})
+    balancing: str = field(
+        default="class_weights",
+        metadata={"help": "none, oversample, undersample, class_weights, weighted_sampler, augment or smote "
+                          "(smote: metadata-only models)."},
+    )
+    categorical_missing: str = field(
+        default="most_frequent", metadata={"help": "Missing categories: most_frequent (the study) or unknown."}
+    )
+
+
+@dataclass
+class SkinFusionTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with SkinFusion's defaults and its fine-tuning schedule."""
+
+    output_dir: str = field(default=DEFAULT_OUTPUT_DIR, metadata={"help": "Where the model and checkpoints go."})
+    num_train_epochs: float = field(default=6, metadata={"help": "Total epochs (frozen + unfrozen)."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per device."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the metadata MLP and the head."})
+    backbone_learning_rate: float = field(
+        default=2e-4, metadata={"help": "Learning rate of the backbone once unfrozen (lower than the head's)."}
+    )
+    freeze_epochs: int = field(default=2, metadata={"help": "Epochs with a frozen backbone before unfreezing it."})
+    unfreeze_last_blocks: int = field(
+        default=0, metadata={"help": "After freeze_epochs, train only the last N backbone blocks (0 = all)."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without a better balanced accuracy."}
+    )
+    resume: bool = field(
+        default=True, metadata={"help": "Resume from the last complete checkpoint in output_dir, if there is one."}
+    )
+    calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on the validation split."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch, steps or no."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: epoch or steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best is kept too)."})
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the best checkpoint's weights."})
+    metric_for_best_model: str | None = field(default="balanced_accuracy", metadata={"help": "Model selection."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    warmup_steps: float = field(default=0, metadata={"help": "Linear warm-up steps."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Decoding workers (0 = main process)."})
+
+
+def explicit_argument_names(argv: list[str]) -> set[str]:
+    """Names given on the command line (`--name value` or `--name=value`) or in a JSON file."""
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return set(json.loads(Path(argv[0]).read_text()))
+    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+
+
+def apply_preset(arguments: tuple[Any, ...], preset: str, explicit: set[str]) -> None:
+    """Fill every field the user did not set from `PRESETS[preset]`."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r} is unknown; use one of {list(PRESETS)}.")
+    for dataclass_object in arguments:
+        names = {f.name for f in fields(dataclass_object)}
+        for name, value in PRESETS[preset].items():
+            if name in names and name not in explicit:
+                setattr(dataclass_object, name, value)
+
+
+def parse_training_arguments(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, SkinFusionTrainingArguments]:
+    """Parse the command line (or one JSON file) and apply the chosen preset to what was not given."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser((ModelArguments, DataArguments, SkinFusionTrainingArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(json_file=argv[0])
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    apply_preset((model_args, data_args, training_args), model_args.preset, explicit_argument_names(argv))
+    return model_args, data_args, training_args
