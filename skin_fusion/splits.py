@@ -143,4 +143,3 @@ def split_overlap(splits: datasets.DatasetDict, group_column: str) -> dict[Any, 
         for value in values:
             seen.setdefault(value, set()).add(name)
     return {group: sorted(names) for group, names in seen.items() if len(names) > 1}
-

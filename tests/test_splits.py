@@ -107,7 +107,7 @@ def test_assign_splits_without_official_splits_makes_three_grouped_splits():
     assert sizes["test"] / len(labels) == pytest.approx(0.15, abs=0.01)
     assert sizes["validation"] / len(labels) == pytest.approx(0.15, abs=0.01)
     split_of_group: dict[str, set[str]] = {}
-    for group, name in zip(groups, assignment):
+    for group, name in zip(groups, assignment, strict=True):
         split_of_group.setdefault(group, set()).add(name)
     assert all(len(names) == 1 for names in split_of_group.values())
 
