@@ -1,0 +1,284 @@
+"""load_rgb_image: every kind of upload becomes an upright 8-bit RGB image, or a refusal that names the fix."""
+
+import io
+import struct
+import time
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skin_fusion.image_io import MAX_UPLOAD_BYTES, MIN_SIDE, ImageInputError, load_rgb_image
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A valid 40x40 PNG whose IHDR chunk (and its CRC) is patched to claim width x height."""
+    data = encode(Image.new("RGB", (40, 40)))
+    start = data.index(b"IHDR")
+    chunk = bytearray(data[start : start + 17])  # type + 13 bytes of header
+    chunk[4:12] = struct.pack(">II", width, height)
+    return data[:start] + bytes(chunk) + struct.pack(">I", zlib.crc32(bytes(chunk))) + data[start + 21 :]
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image).astype(int)
+
+
+# Ordinary inputs
+
+
+def test_jpeg_path_gives_loaded_rgb_image_that_outlives_the_file(tmp_path):
+    path = tmp_path / "lesion.jpg"
+    Image.new("RGB", (64, 48), (180, 90, 60)).save(path, quality=95)
+    image = load_rgb_image(str(path))
+    path.unlink()
+    assert image.mode == "RGB" and image.size == (64, 48)
+    assert np.abs(pixels(image) - (180, 90, 60)).max() <= 3
+
+
+def test_bytes_path_and_pathlib_give_the_same_pixels(tmp_path):
+    data = encode(Image.new("RGB", (40, 40), (10, 200, 30)))
+    (tmp_path / "a.png").write_bytes(data)
+    from_bytes = load_rgb_image(data)
+    assert np.array_equal(pixels(from_bytes), pixels(load_rgb_image(tmp_path / "a.png")))
+    assert np.array_equal(pixels(from_bytes), pixels(load_rgb_image(bytearray(data))))
+
+
+def test_pil_input_is_copied_not_modified():
+    original = Image.new("RGB", (40, 40), (1, 2, 3))
+    image = load_rgb_image(original)
+    image.putpixel((0, 0), (255, 255, 255))
+    assert original.getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_webp_is_accepted():
+    image = load_rgb_image(encode(Image.new("RGB", (40, 40), (200, 0, 0)), "WEBP", lossless=True))
+    assert image.getpixel((5, 5)) == (200, 0, 0)
+
+
+# Arrays
+
+
+def test_uint8_array_is_copied_into_an_rgb_image():
+    array = np.full((40, 50, 3), 77, dtype=np.uint8)
+    image = load_rgb_image(array)
+    array[:] = 0
+    assert image.size == (50, 40) and image.getpixel((0, 0)) == (77, 77, 77)
+
+
+def test_float_array_in_unit_range_spans_0_to_255():
+    ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (40, 1))
+    values = pixels(load_rgb_image(np.stack([ramp] * 3, axis=-1)))
+    assert values.min() == 0 and values.max() == 255
+
+
+def test_float_array_outside_unit_range_is_refused_with_the_fix():
+    with pytest.raises(ImageInputError, match=r"\[0, 1\].*Divide 0-255 data by 255"):
+        load_rgb_image(np.full((40, 40, 3), 200.0))
+
+
+def test_grayscale_and_single_channel_arrays_become_gray_rgb():
+    for array in (np.full((40, 40), 90, np.uint8), np.full((40, 40, 1), 90, np.uint8)):
+        assert load_rgb_image(array).getpixel((3, 3)) == (90, 90, 90)
+
+
+def test_uint16_array_is_scaled_not_clipped():
+    array = np.full((40, 40, 3), 32768, dtype=np.uint16)
+    assert load_rgb_image(array).getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_channels_first_array_is_refused_with_the_transpose():
+    with pytest.raises(ImageInputError, match=r"transpose\(1, 2, 0\)"):
+        load_rgb_image(np.zeros((3, 64, 64), np.uint8))
+
+
+def test_rgba_array_is_composited_on_white():
+    array = np.zeros((40, 40, 4), np.uint8)  # black, fully transparent
+    assert load_rgb_image(array).getpixel((0, 0)) == (255, 255, 255)
+
+
+# Refusals: not an image, damaged, wrong size
+
+
+def test_none_says_to_upload_an_image():
+    with pytest.raises(ImageInputError, match="No image was provided"):
+        load_rgb_image(None)
+
+
+def test_error_is_a_value_error():
+    assert issubclass(ImageInputError, ValueError)
+
+
+def test_text_file_is_refused_with_the_supported_formats(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("age 54, back, itchy\n" * 20)
+    with pytest.raises(ImageInputError, match="not an image.*JPEG, PNG"):
+        load_rgb_image(path)
+
+
+def test_pdf_is_refused_with_export_advice():
+    with pytest.raises(ImageInputError, match="PDF document.*Export"):
+        load_rgb_image(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n")
+
+
+def test_heic_is_refused_with_export_advice():
+    with pytest.raises(ImageInputError, match="HEIC.*JPEG"):
+        load_rgb_image(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+
+
+def test_formats_outside_the_allowlist_are_not_decoded():
+    # Pillow recognises EPS (and would run Ghostscript on it); uploads are limited to camera formats.
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n%%EOF\n"
+    with pytest.raises(ImageInputError, match="not an image"):
+        load_rgb_image(eps)
+
+
+def test_truncated_jpeg_is_refused_as_damaged():
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "JPEG", quality=90)
+    with pytest.raises(ImageInputError, match="damaged or incomplete.*upload it again"):
+        load_rgb_image(data[: len(data) // 2])
+
+
+def test_empty_file_is_refused():
+    with pytest.raises(ImageInputError, match="empty"):
+        load_rgb_image(b"")
+
+
+def test_missing_path_is_refused_with_the_path(tmp_path):
+    with pytest.raises(ImageInputError, match="No image file at .*nowhere.png"):
+        load_rgb_image(tmp_path / "nowhere.png")
+
+
+def test_one_pixel_png_is_refused_naming_the_minimum():
+    with pytest.raises(ImageInputError, match=f"only 1x1 pixels; at least {MIN_SIDE}x{MIN_SIDE}"):
+        load_rgb_image(encode(Image.new("RGB", (1, 1))))
+
+
+def test_shorter_side_below_the_minimum_is_refused_and_the_minimum_accepted():
+    with pytest.raises(ImageInputError, match="at least 32x32"):
+        load_rgb_image(encode(Image.new("RGB", (500, MIN_SIDE - 1))))
+    assert load_rgb_image(encode(Image.new("RGB", (MIN_SIDE, MIN_SIDE)))).size == (MIN_SIDE, MIN_SIDE)
+
+
+def test_file_over_the_upload_limit_is_refused_before_reading():
+    with pytest.raises(ImageInputError, match=f"above the {MAX_UPLOAD_BYTES / 1e6:.0f} MB upload limit"):
+        load_rgb_image(bytes(MAX_UPLOAD_BYTES + 1))
+
+
+def test_large_path_is_refused_by_its_size_on_disk(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(encode(Image.new("RGB", (64, 64))) + bytes(5000))
+    with pytest.raises(ImageInputError, match="MB upload limit"):
+        load_rgb_image(path, max_bytes=4000)
+
+
+# Decompression bombs: refused from the header, before any pixel is decoded
+
+
+@pytest.mark.parametrize("width, height", [(30000, 30000), (8000, 7000)])
+def test_header_claiming_a_huge_size_is_refused_before_decoding(width, height):
+    # The file holds 40x40 pixels of data: decoding would fail as "damaged", not as "megapixel limit".
+    start = time.perf_counter()
+    with pytest.raises(ImageInputError, match="megapixel limit. Downscale"):
+        load_rgb_image(png_claiming_size(width, height))
+    assert time.perf_counter() - start < 1.0
+
+
+def test_size_in_pillows_warning_range_is_refused_with_the_size():
+    with pytest.warns(Image.DecompressionBombWarning):
+        with pytest.raises(ImageInputError, match="12000x8000 pixels \\(96 megapixels\\)"):
+            load_rgb_image(png_claiming_size(12000, 8000))
+
+
+def test_bomb_warning_configured_as_error_is_still_a_clear_refusal():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(ImageInputError, match="megapixel limit"):
+            load_rgb_image(png_claiming_size(12000, 8000))
+
+
+def test_max_pixels_is_configurable():
+    with pytest.raises(ImageInputError, match="above the 0.005 megapixel limit"):
+        load_rgb_image(encode(Image.new("RGB", (100, 100))), max_pixels=5000)
+
+
+# Colour modes
+
+
+def test_grayscale_png_becomes_gray_rgb():
+    assert load_rgb_image(encode(Image.new("L", (40, 40), 120))).getpixel((0, 0)) == (120, 120, 120)
+
+
+def test_rgba_transparent_pixels_become_white_and_opaque_ones_keep_their_colour():
+    image = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    image.paste((200, 30, 30, 255), (0, 0, 20, 40))
+    image.paste((0, 0, 200, 128), (20, 0, 40, 40))
+    result = load_rgb_image(encode(image))
+    assert result.getpixel((5, 5)) == (200, 30, 30)
+    assert np.abs(np.subtract(result.getpixel((30, 5)), (127, 127, 227))).max() <= 1  # half blue over white
+
+
+def test_la_transparent_pixels_become_white():
+    image = Image.new("LA", (40, 40), (0, 0))
+    image.paste((50, 255), (0, 0, 10, 40))
+    result = load_rgb_image(encode(image))
+    assert result.getpixel((2, 2)) == (50, 50, 50) and result.getpixel((30, 2)) == (255, 255, 255)
+
+
+def test_palette_png_keeps_its_colours():
+    image = Image.new("RGB", (40, 40), (10, 120, 200))
+    image.paste((220, 40, 40), (0, 0, 20, 40))
+    palette = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    result = load_rgb_image(encode(palette))
+    assert result.getpixel((5, 5)) == (220, 40, 40) and result.getpixel((30, 5)) == (10, 120, 200)
+
+
+def test_palette_transparency_becomes_white():
+    palette = Image.new("P", (40, 40), 0)
+    palette.putpalette([0, 0, 0, 200, 50, 50] + [0] * 762)
+    palette.paste(1, (0, 0, 20, 40))
+    result = load_rgb_image(encode(palette, transparency=0))
+    assert result.getpixel((5, 5)) == (200, 50, 50) and result.getpixel((30, 5)) == (255, 255, 255)
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    cmyk = Image.new("CMYK", (40, 40), (0, 255, 255, 0))  # pure red ink
+    result = load_rgb_image(encode(cmyk, "JPEG", quality=95))
+    assert result.mode == "RGB"
+    assert np.abs(pixels(result)[5, 5] - (255, 0, 0)).max() <= 6
+
+
+def test_16_bit_png_gradient_spans_the_full_8_bit_range():
+    gradient = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (40, 1))
+    source = Image.fromarray(gradient)
+    assert source.mode == "I;16"
+    values = pixels(load_rgb_image(encode(source)))[0, :, 0]
+    assert values[0] <= 1 and values[-1] >= 254
+    assert (np.diff(values) >= 0).all() and len(np.unique(values)) > 200  # scaled, not clipped at 255
+
+
+def test_exif_orientation_6_photo_is_rotated_upright():
+    # Stored landscape with a red top-left corner; orientation 6 means "rotate 90 degrees clockwise to display".
+    stored = Image.new("RGB", (80, 40), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    result = load_rgb_image(encode(stored, "JPEG", quality=95, exif=exif.tobytes()))
+    assert result.size == (40, 80)
+    assert pixels(result)[2, 37, 0] > 200 and pixels(result)[2, 2, 2] > 200  # red corner moved to the top-right
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (40, 40), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert load_rgb_image(buffer.getvalue()).getpixel((5, 5)) == (255, 0, 0)
