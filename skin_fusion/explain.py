@@ -168,7 +168,13 @@ def grad_cam(
                 name: value.clone() if isinstance(value, torch.Tensor) and value.is_inference() else value
                 for name, value in inputs.items()
             }
-            outputs = model(**inputs)
+            # Layers before the target still record a graph when their parameters require grad, but the backward
+            # stops at the feature map and never visits it: keeping none of its saved tensors makes the forward
+            # nearly as cheap as under no_grad, without touching the model's requires_grad flags.
+            with torch.autograd.graph.saved_tensors_hooks(
+                lambda tensor: tensor if activations else None, lambda saved: saved
+            ):
+                outputs = model(**inputs)
     finally:
         handle.remove()
         for module, training in training_flags.items():

@@ -121,6 +121,22 @@ def test_logits_are_those_of_a_plain_eval_forward_and_the_default_class_is_the_a
     assert result.class_index == int(expected.argmax()) and not result.logits.requires_grad
 
 
+def test_heatmap_matches_textbook_grad_cam_with_a_full_backward(efficientnet):
+    inputs = image_inputs()
+    kept = {}
+    handle = efficientnet.conv_head.register_forward_hook(lambda module, args, output: kept.update(map=output))
+    logits = efficientnet(**inputs)
+    handle.remove()
+    class_index = int(logits.argmax())
+    (gradient,) = torch.autograd.grad(logits[0, class_index], kept["map"])
+    cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * kept["map"]).sum(dim=1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=(64, 96), mode="bilinear", align_corners=False)[0, 0]
+    expected = (cam / cam.max()).detach().numpy()
+    result = grad_cam(efficientnet, inputs, efficientnet.conv_head)
+    assert result.class_index == class_index
+    np.testing.assert_allclose(result.heatmap, expected, atol=1e-5)
+
+
 def test_explicit_class_index_is_explained(efficientnet):
     inputs = image_inputs()
     results = [grad_cam(efficientnet, inputs, efficientnet.conv_head, class_index=c) for c in range(3)]
