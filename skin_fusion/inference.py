@@ -1,0 +1,334 @@
+"""One call from a lesion photo and a patient record to calibrated class probabilities, an uncertainty flag and,
+optionally, test-time augmentation and a Grad-CAM heatmap. The model and its processor are loaded once.
+
+```python
+from skin_fusion.inference import SkinFusionPredictor
+
+predictor = SkinFusionPredictor.from_pretrained("outputs/skin-fusion")
+result = predictor.predict("lesion.jpg", {"age": 63, "sex": "male", "anatom_site_general": "head/neck"}, explain=True)
+result.probabilities, result.label, result.uncertain, result.note, result.overlay
+```
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from torch import nn
+from transformers import AutoModelForImageClassification, AutoProcessor
+
+from . import MetadataEncoder, MetadataError, SkinFusionForImageClassification, SkinFusionProcessor
+from .explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heatmap
+from .image_io import ImageSource, load_rgb_image
+from .metadata_encoding import is_missing
+
+# Below this top probability, or this lead over the runner-up, a prediction is flagged as uncertain.
+MIN_PROBABILITY = 0.6
+MIN_MARGIN = 0.15
+# The choice that means "not recorded" in a categorical field; the encoder imputes it and sets its missing flag.
+UNKNOWN_CHOICE = "unknown"
+# Heatmap overlays of larger images are drawn on a copy downscaled to this longer side (the model saw <= 380 px).
+MAX_EXPLAIN_SIDE = 1024
+# Test-time augmentation averages over the 8 symmetries of the square (a lesion has no canonical orientation).
+TTA_DESCRIPTION = "rotations by 0, 90, 180 and 270 degrees, each with and without a horizontal flip"
+MAKE_MODEL_HINT = "Make a local model with `python train.py` (it writes outputs/skin-fusion)"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No SkinFusion model at a path or Hub id; the message says how to make one."""
+
+
+@dataclass
+class Prediction:
+    """What the model says about one lesion.
+
+    Args:
+        probabilities: calibrated probability of every class, in the model's label order (they sum to 1).
+        label: the most probable class; `probability` its probability.
+        uncertain: the top probability is below `min_probability` or leads the runner-up by less than `min_margin`.
+        note: a plain-language sentence on how to read this result.
+        not_recorded: metadata fields that were missing and were imputed from the training data.
+        tta_views: how many views were averaged (1 without test-time augmentation).
+        heatmap: Grad-CAM evidence in [0, 1] at the image's size (0 outside the centre square the model saw), or None.
+        overlay: the heatmap blended over the image, or None.
+        explanation: a one-line caption for the heatmap, or why there is none.
+    """
+
+    probabilities: dict[str, float]
+    label: str
+    probability: float
+    uncertain: bool
+    note: str
+    not_recorded: list[str] = field(default_factory=list)
+    tta_views: int = 1
+    heatmap: np.ndarray | None = None
+    overlay: Image.Image | None = None
+    explanation: str = ""
+
+
+@dataclass
+class ModelCardSummary:
+    """What a model card says about the model: classes, training data and test metrics (dataset, metric, value)."""
+
+    classes: list[str]
+    training_data: str | None = None
+    test_metrics: list[tuple[str, str, float]] = field(default_factory=list)
+    synthetic: bool = False
+    note: str | None = None
+
+    def to_markdown(self) -> str:
+        paragraphs = [f"**Classes:** {', '.join(self.classes)}"]
+        if self.note:
+            paragraphs.append(f"_{self.note}_")
+        if self.synthetic:
+            paragraphs.append("**Trained on synthetic demo data** (drawn shapes, not photographs of real lesions).")
+        if self.training_data:
+            paragraphs.append(f"**Training data:** {self.training_data}")
+        if self.test_metrics:
+            rows = [f"| {dataset} | {metric} | {value:.4f} |" for dataset, metric, value in self.test_metrics]
+            header = ["**Test results**", "", "| data set | metric | value |", "|---|---|---|"]
+            paragraphs.append("\n".join([*header, *rows]))
+        return "\n\n".join(paragraphs)
+
+
+def read_model_card(path_or_id: str | Path, classes: list[str]) -> ModelCardSummary:
+    """Summarise the model card (README.md) of a model directory or Hub id; no card gives a note, never an error."""
+    local = Path(path_or_id)
+    source = local / "README.md" if local.is_dir() else str(path_or_id)
+    if local.is_dir() and not Path(source).is_file():
+        return ModelCardSummary(classes, note="No model card (README.md) beside this model: its training data and "
+                                              "test results are unknown.")
+    try:
+        card = ModelCard.load(source)
+    except (OSError, ValueError) as err:  # offline / no README on the Hub / unparsable YAML header
+        return ModelCardSummary(classes, note=f"No model card could be read ({type(err).__name__}): its training data "
+                                              "and test results are unknown.")
+    metrics = [
+        (result.dataset_name + (f" ({result.dataset_split})" if result.dataset_split else ""),
+         result.metric_name or result.metric_type, float(result.metric_value))
+        for result in card.data.eval_results or []
+    ]
+    section = re.search(r"^## Training data\s*$(.*?)(?=^#|\Z)", card.text, flags=re.MULTILINE | re.DOTALL)
+    training_data = " ".join(section.group(1).split()) if section else None
+    return ModelCardSummary(
+        classes, training_data=training_data or None, test_metrics=metrics,
+        synthetic="synthetic-data" in (card.data.tags or []),
+        note=None if metrics else "The model card lists no test results.",
+    )
+
+
+def dihedral_views(pixel_values: torch.Tensor) -> torch.Tensor:
+    """The 8 symmetries of a square batch (N, C, H, W) -> (8N, C, H, W); view 0 is the input itself."""
+    views = []
+    for flip in (False, True):
+        flipped = pixel_values.flip(-1) if flip else pixel_values
+        views += [torch.rot90(flipped, k, dims=(-2, -1)) for k in range(4)]
+    return torch.cat(views)
+
+
+def centre_crop_box(size: tuple[int, int], resize_size: int, image_size: int) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of an image of `size` that the processor's resize + centre crop keeps."""
+    width, height = size
+    scale = resize_size / min(width, height)
+    side_x, side_y = image_size / scale, image_size / scale
+    left, top = (width - side_x) / 2, (height - side_y) / 2
+    return (max(0, round(left)), max(0, round(top)), min(width, round(left + side_x)), min(height, round(top + side_y)))
+
+
+class SkinFusionPredictor:
+    """A loaded SkinFusion model with its processor; `predict` classifies one lesion.
+
+    Args:
+        model: a `SkinFusionForImageClassification` (its logits are already divided by `config.temperature`).
+        processor: the `SkinFusionProcessor` saved beside it.
+        source: where the model came from (a path or Hub id), for the model card.
+        min_probability, min_margin: thresholds of the `uncertain` flag.
+    """
+
+    def __init__(
+        self,
+        model: SkinFusionForImageClassification,
+        processor: SkinFusionProcessor,
+        source: str | Path | None = None,
+        min_probability: float = MIN_PROBABILITY,
+        min_margin: float = MIN_MARGIN,
+    ) -> None:
+        processor.check_matches(model.config)
+        # No weight is ever trained here: without parameter gradients, Grad-CAM's forward records a graph only after
+        # its target layer, so an explained prediction costs one forward plus a short backward.
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+        self.config = model.config
+        self.labels = [self.config.id2label[i] for i in range(self.config.num_labels)]
+        self.min_probability, self.min_margin = min_probability, min_margin
+        # A copy of the fitted encoder that refuses categories never seen in training instead of ignoring typos.
+        self.encoder = (
+            MetadataEncoder.from_dict({**processor.metadata_encoder, "on_unseen": "error"})
+            if self.config.uses_metadata else None
+        )
+        backbone = model.skin_fusion.backbone
+        self.target_layer, self.explain_unavailable = None, None
+        if backbone is None:
+            self.explain_unavailable = "No Grad-CAM: this is a metadata-only model, it never looks at the image."
+        else:
+            try:
+                self.target_layer = find_last_conv_layer(backbone)
+            except ValueError as err:
+                self.explain_unavailable = f"No Grad-CAM for this backbone: {err}"
+        # Convolutions run faster on CPU with channels-last tensors.
+        self.channels_last = backbone is not None and any(isinstance(m, nn.Conv2d) for m in backbone.modules())
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # Grad-CAM hooks a module of the shared model: explained predictions must not overlap.
+        self._explain_lock = threading.Lock()
+        self.card = read_model_card(source, self.labels) if source is not None else ModelCardSummary(
+            self.labels, note="No model card: the model was not loaded from a directory or Hub id.")
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, num_threads: int | None = None, **kwargs) -> SkinFusionPredictor:
+        """Load the model and processor from a local directory or a Hub id, and set torch's CPU threads.
+
+        Raises:
+            ModelNotFoundError: nothing loadable there; the message says how to make a local model.
+        """
+        torch.set_num_threads(num_threads or min(4, os.cpu_count() or 1))
+        try:
+            model = AutoModelForImageClassification.from_pretrained(path_or_id)
+            processor = AutoProcessor.from_pretrained(path_or_id)
+        except (OSError, ValueError) as err:  # no such path or Hub repo / a directory without a SkinFusion config
+            reason = str(err).splitlines()[0]
+            where = (f"'{path_or_id}' is not a SkinFusion model directory ({reason})" if Path(path_or_id).exists()
+                     else f"No model directory at '{path_or_id}', and no Hub model of that name could be loaded "
+                          f"({reason})")
+            raise ModelNotFoundError(f"{where}. {MAKE_MODEL_HINT}, or pass a Hub id with HF_HUB_OFFLINE=0.") from err
+        if not isinstance(model, SkinFusionForImageClassification):
+            raise ModelNotFoundError(f"'{path_or_id}' holds a {type(model).__name__}, not a SkinFusion model. "
+                                     f"{MAKE_MODEL_HINT}.")
+        return cls(model, processor, source=path_or_id, **kwargs)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """The metadata fields this model reads (none for an image-only model)."""
+        return self.encoder.columns if self.encoder is not None else []
+
+    @property
+    def numeric_columns(self) -> list[str]:
+        return self.encoder.numeric_columns if self.encoder is not None else []
+
+    def metadata_choices(self) -> dict[str, list[str]]:
+        """Allowed values of each categorical field: the training vocabulary, then "unknown" (not recorded)."""
+        if self.encoder is None:
+            return {}
+        return {name: [*vocab, UNKNOWN_CHOICE] for name, vocab in self.encoder.vocabularies.items()}
+
+    def encode_metadata(self, metadata: dict[str, Any] | None) -> tuple[torch.Tensor, list[str]]:
+        """A (1, metadata_dim) tensor and the fields that were not recorded; raises `MetadataError` on bad values."""
+        metadata = dict(metadata or {})
+        unknown = sorted(set(metadata) - set(self.metadata_columns))
+        if unknown:
+            raise MetadataError(f"Unknown metadata field(s) {unknown}; this model reads {self.metadata_columns}.")
+        not_recorded = [name for name in self.metadata_columns if is_missing(metadata.get(name))]
+        return torch.from_numpy(self.encoder.transform([metadata])), not_recorded
+
+    def predict(
+        self,
+        image: ImageSource | None,
+        metadata: dict[str, Any] | None = None,
+        tta: bool = False,
+        explain: bool = False,
+    ) -> Prediction:
+        """Classify one lesion.
+
+        Args:
+            image: a path, encoded bytes, a PIL image or an array; decoded and checked by `load_rgb_image`
+                (EXIF rotation applied; any colour mode to RGB). Ignored (may be None) for a metadata-only model.
+            metadata: raw values by field name (e.g. {"age": 63, "sex": "male"}); missing or "unknown" values are
+                imputed. Ignored for an image-only model.
+            tta: average the probabilities over `TTA_DESCRIPTION` (one batched forward of 8 views).
+            explain: add a Grad-CAM heatmap of the top class; costs one backward through the layers after the
+                backbone's last convolutional stage, and its forward's logits give the probabilities.
+
+        Raises:
+            ImageInputError, MetadataError: unusable input; the message says what to fix.
+        """
+        inputs: dict[str, torch.Tensor] = {}
+        rgb, not_recorded = None, []
+        if self.config.uses_image:
+            rgb = load_rgb_image(image)
+            pixel_values = self.processor.preprocess_images(rgb)
+            inputs["pixel_values"] = pixel_values.contiguous(memory_format=torch.channels_last) \
+                if self.channels_last else pixel_values
+        if self.config.uses_metadata:
+            inputs["metadata"], not_recorded = self.encode_metadata(metadata)
+
+        cam = None
+        if explain and self.target_layer is not None:
+            with self._explain_lock:
+                cam = grad_cam(self.model, inputs, self.target_layer)
+            logits = cam.logits
+        else:
+            with torch.inference_mode():
+                logits = self.model(**inputs).logits
+        probabilities = logits.float().softmax(-1)[0]
+
+        views = 1
+        if tta and self.config.uses_image:
+            other_views = dihedral_views(inputs["pixel_values"])[1:]
+            views = 1 + len(other_views)
+            batch = {"pixel_values": other_views}
+            if "metadata" in inputs:
+                batch["metadata"] = inputs["metadata"].expand(len(other_views), -1)
+            with torch.inference_mode():
+                other = self.model(**batch).logits.float().softmax(-1)
+            probabilities = (probabilities + other.sum(0)) / views
+
+        result = self._summarise(probabilities, not_recorded, views)
+        if explain:
+            self._add_explanation(result, rgb, cam)
+        return result
+
+    def _summarise(self, probabilities: torch.Tensor, not_recorded: list[str], views: int) -> Prediction:
+        ranked = probabilities.sort(descending=True)
+        top, runner_up = float(ranked.values[0]), float(ranked.values[1])
+        label = self.labels[int(ranked.indices[0])]
+        uncertain = top < self.min_probability or top - runner_up < self.min_margin
+        if uncertain:
+            note = (f"Uncertain: the most likely class, {label}, has probability {top:.2f} and leads the next by "
+                    f"{top - runner_up:.2f}. The model cannot tell these classes apart here: a clinician must look.")
+        else:
+            note = (f"Most likely {label} (probability {top:.2f}). This is not a diagnosis: a clinician must examine "
+                    "every lesion.")
+        if not_recorded:
+            note += f" Not recorded: {', '.join(not_recorded)} (the model used typical training values instead)."
+        return Prediction(
+            probabilities={name: float(p) for name, p in zip(self.labels, probabilities)}, label=label,
+            probability=top, uncertain=uncertain, note=note, not_recorded=not_recorded, tta_views=views,
+        )
+
+    def _add_explanation(self, result: Prediction, rgb: Image.Image | None, cam: GradCamResult | None) -> None:
+        if cam is None:
+            result.explanation = self.explain_unavailable or "No Grad-CAM for this model."
+            return
+        if max(rgb.size) > MAX_EXPLAIN_SIDE:
+            rgb = rgb.copy()
+            rgb.thumbnail((MAX_EXPLAIN_SIDE, MAX_EXPLAIN_SIDE), Image.Resampling.BILINEAR)
+        box = centre_crop_box(rgb.size, self.processor.resize_size, self.processor.image_size)
+        crop_size = (box[2] - box[0], box[3] - box[1])
+        crop_heatmap = np.asarray(Image.fromarray(cam.heatmap).resize(crop_size, Image.Resampling.BILINEAR))
+        result.heatmap = np.zeros((rgb.height, rgb.width), dtype=np.float32)
+        result.heatmap[box[1]:box[3], box[0]:box[2]] = np.clip(crop_heatmap, 0.0, 1.0)
+        result.overlay = rgb.copy()
+        result.overlay.paste(overlay_heatmap(rgb.crop(box), crop_heatmap), box[:2])
+        explained = self.labels[cam.class_index]
+        if explained != result.label:  # possible with TTA: Grad-CAM explains the un-augmented view
+            explained += f" (the un-augmented view's top class; with TTA the top class is {result.label})"
+        result.explanation = f"Grad-CAM for {explained}: warm colours mark the regions that raised its score most."

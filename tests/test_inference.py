@@ -1,0 +1,189 @@
+"""SkinFusionPredictor: one call from an image and metadata to calibrated probabilities, TTA, Grad-CAM, model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import AutoModelForImageClassification, AutoProcessor
+
+from skin_fusion import MetadataError
+from skin_fusion.inference import ModelNotFoundError, SkinFusionPredictor, centre_crop_box, dihedral_views
+from tests.app_fixtures import lesion_image, save_tiny_model, symmetric_lesion
+
+METADATA = {"age": 55, "sex": "female", "anatom_site_general": "face"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("fusion"))
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir) -> SkinFusionPredictor:
+    return SkinFusionPredictor.from_pretrained(model_dir)
+
+
+def test_probabilities_are_the_models_softmax(predictor, model_dir):
+    image = lesion_image()
+    model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    with torch.no_grad():
+        expected = model(**processor(images=[image], metadata=[METADATA])).logits.softmax(-1)[0]
+
+    result = predictor.predict(image, METADATA)
+
+    assert list(result.probabilities) == predictor.labels
+    np.testing.assert_allclose(list(result.probabilities.values()), expected.numpy(), atol=1e-5)
+    assert result.label == predictor.labels[int(expected.argmax())]
+    assert result.probability == pytest.approx(float(expected.max()), abs=1e-5)
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_tta_sums_to_one_and_equals_plain_prediction_for_a_symmetric_image(model_dir):
+    # Without a crop margin a symmetric image stays symmetric through the processor (67 -> 64 crops 2 + 1 pixels).
+    processor = AutoProcessor.from_pretrained(model_dir)
+    processor.resize_size = processor.image_size
+    predictor = SkinFusionPredictor(AutoModelForImageClassification.from_pretrained(model_dir), processor)
+    image = symmetric_lesion(64)
+
+    plain = predictor.predict(image, METADATA)
+    averaged = predictor.predict(image, METADATA, tta=True)
+
+    assert averaged.tta_views == 8
+    assert sum(averaged.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(list(averaged.probabilities.values()), list(plain.probabilities.values()), atol=1e-5)
+
+
+def test_tta_averages_eight_distinct_views_of_an_asymmetric_image(predictor):
+    pixels = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    views = dihedral_views(pixels)
+    assert views.shape == (16, 3, 4, 4)
+    assert torch.equal(views[:2], pixels)
+    assert len({tuple(view.flatten().tolist()) for view in views[::2]}) == 8
+
+    result = predictor.predict(lesion_image(), METADATA, tta=True)
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_explain_gives_a_heatmap_of_the_image_size_and_the_same_probabilities(predictor):
+    image = lesion_image(width=120, height=90)
+
+    plain = predictor.predict(image, METADATA)
+    explained = predictor.predict(image, METADATA, explain=True)
+
+    assert explained.heatmap.shape == (90, 120)
+    assert explained.overlay.size == (120, 90)
+    assert 0.0 <= explained.heatmap.min() and explained.heatmap.max() <= 1.0
+    np.testing.assert_allclose(list(explained.probabilities.values()), list(plain.probabilities.values()), atol=1e-5)
+    assert explained.explanation.startswith(f"Grad-CAM for {explained.label}")
+
+
+def test_heatmap_covers_only_the_centre_square_the_model_saw(predictor):
+    image = lesion_image(width=160, height=80)
+    left, top, right, bottom = centre_crop_box(image.size, predictor.processor.resize_size,
+                                               predictor.processor.image_size)
+
+    explained = predictor.predict(image, METADATA, explain=True)
+
+    # Shorter side 80 -> resize_size 67, centre crop 64: a square of 80 * 64 / 67 = 76.4 pixels in the middle.
+    assert (left, top, right, bottom) == (42, 2, 118, 78)
+    assert explained.heatmap[:, :left].max() == 0 and explained.heatmap[:, right:].max() == 0
+    assert explained.overlay.crop((0, 0, left, 80)).tobytes() == image.crop((0, 0, left, 80)).tobytes()
+
+
+def test_metadata_only_model_explains_that_it_has_no_grad_cam(tmp_path):
+    predictor = SkinFusionPredictor.from_pretrained(save_tiny_model(tmp_path, modality="metadata"))
+
+    result = predictor.predict(None, METADATA, explain=True)
+
+    assert result.heatmap is None and result.overlay is None
+    assert "metadata-only model" in result.explanation
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_image_only_model_reads_no_metadata(tmp_path):
+    predictor = SkinFusionPredictor.from_pretrained(save_tiny_model(tmp_path, modality="image"))
+
+    result = predictor.predict(lesion_image(), None, explain=True)
+
+    assert predictor.metadata_columns == [] and predictor.metadata_choices() == {}
+    assert result.heatmap.shape == (80, 96)
+
+
+def test_missing_model_path_says_how_to_make_one(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"python train\.py") as error:
+        SkinFusionPredictor.from_pretrained(tmp_path / "no-model-here")
+    assert "No model directory at" in str(error.value)
+
+
+def test_directory_without_a_model_says_how_to_make_one(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"is not a SkinFusion model directory.*python train\.py"):
+        SkinFusionPredictor.from_pretrained(tmp_path)
+
+
+def test_uncertain_flag_and_note_follow_the_thresholds(model_dir):
+    image = lesion_image()
+    cautious = SkinFusionPredictor.from_pretrained(model_dir, min_probability=1.01)
+    relaxed = SkinFusionPredictor.from_pretrained(model_dir, min_probability=0.0, min_margin=0.0)
+
+    flagged, confident = cautious.predict(image, METADATA), relaxed.predict(image, METADATA)
+
+    assert flagged.uncertain and "a clinician must look" in flagged.note
+    assert not confident.uncertain and "not a diagnosis" in confident.note
+
+
+def test_missing_metadata_is_imputed_and_named_in_the_note(predictor):
+    result = predictor.predict(lesion_image(), {"age": None, "sex": "unknown"})
+
+    assert result.not_recorded == ["age", "sex", "anatom_site_general"]
+    assert "Not recorded: age, sex, anatom_site_general" in result.note
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"age": -1}, r"'age' = -1 is outside the plausible range \[0, 120\]"),
+        ({"age": 121}, r"'age' = 121 is outside the plausible range"),
+        ({"age": "forty"}, r"'age' must be a number, got 'forty'"),
+        ({"sex": "other"}, r"'sex' = 'other' was never seen in training; use one of \['female', 'male'\]"),
+        ({"site": "face"}, r"Unknown metadata field\(s\) \['site'\]"),
+    ],
+)
+def test_bad_metadata_is_refused_with_the_fix(predictor, metadata, message):
+    with pytest.raises(MetadataError, match=message):
+        predictor.predict(lesion_image(), metadata)
+
+
+def test_metadata_choices_are_the_training_vocabularies_plus_unknown(predictor):
+    assert predictor.metadata_choices() == {
+        "sex": ["female", "male", "unknown"], "anatom_site_general": ["back", "face", "unknown"],
+    }
+    assert predictor.numeric_columns == ["age"]
+
+
+def test_model_card_summary_reads_classes_training_data_and_test_metrics(tmp_path):
+    model_dir = save_tiny_model(tmp_path)
+    results = [EvalResult(task_type="image-classification", dataset_type="synthetic-v1", dataset_name="synthetic-v1",
+                          dataset_split="test", metric_type="balanced_accuracy", metric_name="balanced_accuracy",
+                          metric_value=0.8123)]
+    data = ModelCardData(eval_results=results, model_name="tiny", tags=["synthetic-data"])
+    ModelCard(f"---\n{data.to_yaml()}\n---\n# tiny\n\n## Training data\n\nsynthetic-v1: train 400, val 100.\n\n"
+              "## Training procedure\n\n- fast\n").save(model_dir / "README.md")
+
+    card = SkinFusionPredictor.from_pretrained(model_dir).card
+
+    assert card.classes == ["actinic keratosis", "pigmented benign keratosis", "squamous cell carcinoma"]
+    assert card.training_data == "synthetic-v1: train 400, val 100."
+    assert card.test_metrics == [("synthetic-v1 (test)", "balanced_accuracy", 0.8123)]
+    assert card.synthetic and card.note is None
+    assert "| synthetic-v1 (test) | balanced_accuracy | 0.8123 |" in card.to_markdown()
+
+
+def test_absent_model_card_gives_a_note_not_an_error(predictor):
+    assert predictor.card.note.startswith("No model card (README.md)")
+    assert predictor.card.test_metrics == []
+    assert "No model card" in predictor.card.to_markdown()
