@@ -1,0 +1,188 @@
+"""SkinFusion's Gradio app (a Hugging Face Space): a lesion photo with the patient's age, sex and site gives calibrated
+class probabilities, an uncertainty note and a Grad-CAM heatmap. A research tool, not a medical device.
+
+    python app.py [--model PATH_OR_HUB_ID] [--host 127.0.0.1] [--port 7860]
+
+The model is --model, else $SKIN_FUSION_MODEL, else outputs/skin-fusion (made by `python train.py`). The prediction
+is the API endpoint `/predict`, callable with gradio_client (README, "The app").
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import csv
+import hashlib
+import io
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from skin_fusion import MetadataError
+from skin_fusion.image_io import MAX_UPLOAD_BYTES, ImageInputError
+from skin_fusion.inference import UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
+from skin_fusion.metadata_encoding import NUMERIC_VALID_RANGES
+from skin_fusion.synthetic import ensure_default_dataset
+
+DEFAULT_MODEL = "outputs/skin-fusion"
+# One prediction at a time (each uses all of torch's CPU threads); up to 32 more requests wait in the queue.
+CONCURRENCY_LIMIT = 1
+MAX_QUEUE = 32
+FIELD_LABELS = {"age": "Age (years)", "sex": "Sex", "anatom_site_general": "Anatomical site"}
+DISCLAIMER = (
+    "**Research tool, not a medical device.** SkinFusion must not be used to diagnose, treat or triage anyone. "
+    "A clinician must examine every lesion, whatever this page says."
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve the SkinFusion Gradio app.")
+    parser.add_argument("--model", default=os.environ.get("SKIN_FUSION_MODEL", DEFAULT_MODEL),
+                        help="model directory or Hub id (default: $SKIN_FUSION_MODEL or outputs/skin-fusion)")
+    # Spaces set GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; locally the app stays on this machine.
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    return parser.parse_args(argv)
+
+
+def load_predictor(model: str) -> SkinFusionPredictor:
+    """The predictor, or `ModelNotFoundError`; the default path is never looked up on the Hub."""
+    if model == DEFAULT_MODEL and not Path(model).is_dir():
+        raise ModelNotFoundError(f"No model at {DEFAULT_MODEL}. Make one with:\n\n    python train.py\n\n"
+                                 "or pass --model PATH_OR_HUB_ID (or set SKIN_FUSION_MODEL).")
+    return SkinFusionPredictor.from_pretrained(model)
+
+
+def image_source(payload: dict[str, Any] | None) -> str | bytes | None:
+    """The uploaded file's path (or a data URL's bytes) as sent: only `load_rgb_image` decodes uploads."""
+    if payload is None:
+        return None
+    url = payload.get("url") or ""
+    return base64.b64decode(url.partition(",")[2]) if url.startswith("data:") else payload.get("path")
+
+
+def image_file(image: Image.Image | None, folder: Path, keep_seconds: float = 600) -> str | None:
+    """`image` as a WebP file named by its content, written atomically; files older than `keep_seconds` are swept.
+
+    Gradio 6.31 saves a returned PIL image by rewriting a content-named cache file in place, so concurrent requests
+    with the same heatmap break each other's downloads ("Too much data for declared Content-Length"); a returned
+    path is copied into Gradio's cache atomically instead, after which our file is no longer needed.
+    """
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP")
+    path, staging = folder / f"{hashlib.sha256(buffer.getvalue()).hexdigest()}.webp", folder / uuid.uuid4().hex
+    staging.write_bytes(buffer.getvalue())
+    os.replace(staging, path)
+    for old in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # another request swept it first
+            if old.stat().st_mtime < time.time() - keep_seconds:
+                old.unlink()
+    return str(path)
+
+
+def make_predict_fn(predictor: SkinFusionPredictor):
+    """The event handler: the raw image payload, the TTA flag and one keyword per metadata field to four outputs."""
+    heatmaps = Path(tempfile.mkdtemp(prefix="skin-fusion-heatmaps-"))
+
+    def predict(image: dict[str, Any] | None, tta: bool = False, **metadata: Any) -> tuple[dict, Any, str, str]:
+        try:
+            result = predictor.predict(image_source(image), metadata, tta=bool(tta), explain=True)
+        except (ImageInputError, MetadataError) as err:
+            raise gr.Error(str(err), print_exception=False) from err
+        note = f"**{result.note}**" if result.uncertain else result.note
+        return result.probabilities, image_file(result.overlay, heatmaps), result.explanation, note
+
+    return predict
+
+
+def metadata_input(name: str, predictor: SkinFusionPredictor) -> gr.components.Component:
+    label = FIELD_LABELS.get(name, name.replace("_", " ").capitalize())
+    if name in predictor.numeric_columns:
+        low, high = NUMERIC_VALID_RANGES.get(name, (None, None))
+        return gr.Number(label=f"{label}, optional", minimum=low, maximum=high, elem_id=f"field-{name}")
+    choices = predictor.metadata_choices()[name]
+    return gr.Dropdown(choices, value=UNKNOWN_CHOICE, label=label, elem_id=f"field-{name}")
+
+
+def example_rows(predictor: SkinFusionPredictor, data_dir: Path, per_class: int = 1) -> list[list[Any]]:
+    """Complete rows of the synthetic set, per class: image and metadata (unknown to the model -> empty/"unknown")."""
+    frame = pd.read_csv(data_dir / "metadata.csv", dtype=str).dropna().groupby("label", sort=False).head(per_class)
+    choices = predictor.metadata_choices()
+
+    def value(column: str, raw: str | None) -> Any:
+        if column in predictor.numeric_columns:
+            return None if raw is None else float(raw)
+        return raw if raw in choices[column] else UNKNOWN_CHOICE
+
+    return [[str(data_dir / row["file_name"]), *(value(c, row.get(c)) for c in predictor.metadata_columns)]
+            for row in frame.to_dict("records")]
+
+
+def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> gr.Blocks:
+    """The app's layout and its `/predict` endpoint; `data_dir` holds the examples (default: the synthetic set)."""
+    # delete_cache: hourly, remove uploads and outputs older than an hour from Gradio's cache.
+    with gr.Blocks(title="SkinFusion", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(f"# SkinFusion\nA lesion photo and, if known, the patient's age, sex and lesion site give "
+                    f"calibrated probabilities of {len(predictor.labels)} classes and a map of where the model looked.")
+        gr.Markdown(DISCLAIMER, elem_id="disclaimer")
+        with gr.Row():
+            with gr.Column():
+                # Gradio's own decoding is skipped (preprocess=False below): load_rgb_image checks every upload.
+                image = gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
+                                 label="Lesion photo", height=320, elem_id="lesion-image")
+                fields = [metadata_input(name, predictor) for name in predictor.metadata_columns]
+                tta = gr.Checkbox(label="Average over 8 rotations and flips (test-time augmentation, slower)")
+                button = gr.Button("Classify", variant="primary", elem_id="classify")
+            with gr.Column():
+                probabilities = gr.Label(num_top_classes=len(predictor.labels), label="Calibrated probabilities",
+                                         elem_id="probabilities")
+                note = gr.Markdown(label="How to read this result", elem_id="uncertainty-note")
+                heatmap = gr.Image(label="Grad-CAM heatmap", interactive=False, height=320, elem_id="heatmap")
+                caption = gr.Markdown(label="Heatmap caption", elem_id="heatmap-caption")
+        examples = example_rows(predictor, data_dir or ensure_default_dataset())
+        if examples:
+            gr.Examples(examples, inputs=[image, *fields], label="Synthetic examples (drawn, not photographs)")
+        with gr.Accordion("About this model: classes, training data, test results", open=False):
+            gr.Markdown(predictor.card.to_markdown(), elem_id="model-card")
+        # preprocess=False: the handler gets the raw values, so every bad input is refused with its own message.
+        # Keyword inputs name the API's parameters: /predict(image, age, sex, anatom_site_general, tta).
+        button.click(make_predict_fn(predictor), [image], [probabilities, heatmap, caption, note],
+                     inputs_kwargs={**dict(zip(predictor.metadata_columns, fields)), "tta": tta},
+                     api_name="predict", preprocess=False)
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=MAX_QUEUE)
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> Any:
+    """Serve with bounded uploads and no server-side rendering (it needs Node).
+
+    Gradio 6 takes the theme in `launch()`; its Default theme uses fonts bundled with gradio, never Google Fonts.
+    """
+    return demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD_BYTES, ssr_mode=False,
+                       theme=gr.themes.Default(), footer_links=["api"], **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        predictor = load_predictor(args.model)
+    except ModelNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 1
+    launch(build_demo(predictor), args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
