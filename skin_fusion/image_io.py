@@ -69,9 +69,8 @@ def load_rgb_image(
         _load_pixels(source)
         return _to_rgb(ImageOps.exif_transpose(source))
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        _check_byte_count(len(data), max_bytes=max_bytes)
-        return _decode(io.BytesIO(data), max_pixels=max_pixels, min_side=min_side)
+        _check_byte_count(memoryview(source).nbytes, max_bytes=max_bytes)
+        return _decode(io.BytesIO(source), max_pixels=max_pixels, min_side=min_side)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():

@@ -50,6 +50,7 @@ def test_bytes_path_and_pathlib_give_the_same_pixels(tmp_path):
     from_bytes = load_rgb_image(data)
     assert np.array_equal(pixels(from_bytes), pixels(load_rgb_image(tmp_path / "a.png")))
     assert np.array_equal(pixels(from_bytes), pixels(load_rgb_image(bytearray(data))))
+    assert np.array_equal(pixels(from_bytes), pixels(load_rgb_image(memoryview(data))))
 
 
 def test_pil_input_is_copied_not_modified():
