@@ -50,8 +50,6 @@ class SkinFusionConfig(PreTrainedConfig):
             Per-class weights of the cross-entropy loss (for class-weighted balancing).
         temperature (`float`, defaults to 1.0):
             Logits are divided by it; calibration after training sets it (1.0 = uncalibrated).
-        initializer_range (`float`, defaults to 0.02):
-            Standard deviation of the normal initialisation of the metadata MLP and the head.
     """
 
     model_type = "skin_fusion"
@@ -68,7 +66,6 @@ class SkinFusionConfig(PreTrainedConfig):
     dropout: float = 0.3
     class_weights: list[float] | None = None
     temperature: float = 1.0
-    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs) -> None:
         if self.id2label is None and kwargs.get("num_labels") is None:

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import balanced_accuracy_score, roc_curve  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
 
 from .calibration import expected_calibration_error  # noqa: E402
 from .metrics import load_lesion_metric  # noqa: E402
@@ -41,6 +41,14 @@ def age_band(age: Any) -> str:
     return "unknown"
 
 
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float | None:
+    """Mean recall over the classes present in `labels` (sklearn's definition); `None` with fewer than two."""
+    present = np.unique(labels)
+    if len(present) < 2:
+        return None
+    return float(np.mean([(predicted[labels == c] == c).mean() for c in present]))
+
+
 def subgroup_metrics(
     metadata: pd.DataFrame, probabilities: np.ndarray, labels: np.ndarray, columns: list[str]
 ) -> list[dict[str, Any]]:
@@ -61,10 +69,7 @@ def subgroup_metrics(
             row: dict[str, Any] = {"feature": name, "group": group, "n": int(mask.sum())}
             if mask.sum() >= MIN_SUBGROUP_SIZE:
                 row["accuracy"] = float((predicted[mask] == labels[mask]).mean())
-                row["balanced_accuracy"] = (
-                    float(balanced_accuracy_score(labels[mask], predicted[mask]))
-                    if len(np.unique(labels[mask])) > 1 else None
-                )
+                row["balanced_accuracy"] = balanced_accuracy(labels[mask], predicted[mask])
                 row["ece"] = expected_calibration_error(probabilities[mask], labels[mask])
             rows.append(row)
     return rows

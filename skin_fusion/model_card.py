@@ -34,6 +34,8 @@ class ModelCardFacts:
     temperature: float
     ece_before: float
     ece_after: float
+    nll_before: float
+    nll_after: float
     split_sizes: dict[str, int]
     train_counts: dict[str, int]
     group_column: str | None
@@ -95,7 +97,7 @@ def render_model_card(facts: ModelCardFacts, template_path: Path = MODEL_CARD_TE
         test_metrics={k: facts.test_metrics[k] for k in CARD_METRICS if k in facts.test_metrics},
         per_class=per_class, subgroups=subgroups, min_subgroup=training.get("min_subgroup", 5),
         temperature=facts.temperature, ece_before=facts.ece_before, ece_after=facts.ece_after,
-        split_sizes=", ".join(f"{k} {v}" for k, v in facts.split_sizes.items()),
+        nll_before=facts.nll_before, nll_after=facts.nll_after, split_sizes=", ".join(f"{k} {v}" for k, v in facts.split_sizes.items()),
         train_counts=", ".join(f"{k} {v}" for k, v in facts.train_counts.items()),
         unfreeze_description="all blocks" if not unfreeze else f"last {unfreeze} blocks",
         **{k: v for k, v in training.items() if k not in ("unfreeze_last_blocks", "min_subgroup")},

@@ -31,9 +31,10 @@ class SkinFusionPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only the metadata MLP and the head are ours; timm initialised (or pretrained weights set) the backbone.
+        # PyTorch's fan-in scaled init, not transformers' N(0, 0.02): these are small ReLU MLPs without
+        # normalisation, where a 0.02 scale shrinks the signal at every layer and stalls early training.
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-            nn.init.zeros_(module.bias)
+            module.reset_parameters()
 
 
 class SkinFusionModel(SkinFusionPreTrainedModel):

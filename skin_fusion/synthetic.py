@@ -30,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_CLASSES = ("actinic keratosis", "squamous cell carcinoma", "pigmented benign keratosis")
 ANATOMICAL_SITES = ("head/neck", "upper extremity", "lower extremity", "anterior torso", "posterior torso")
 METADATA_COLUMNS = ("file_name", "label", "age", "sex", "anatom_site_general", "lesion_id")
@@ -80,13 +80,13 @@ class LesionProfile:
 PROFILES: dict[str, LesionProfile] = {
     "actinic keratosis": LesionProfile(
         prior=0.16, age_mean=71, age_sd=9, male_prob=0.75, site_probs=(0.78, 0.12, 0.04, 0.03, 0.03),
-        colour=(208, 127, 122), colour_sd=16, opacity=0.75, softness=0.22, irregularity=0.10, asymmetry=0.16,
-        radius=0.52, scale=0.45, keratin=0.30, stuck_on=0.0,
+        colour=(210, 130, 125), colour_sd=16, opacity=0.75, softness=0.19, irregularity=0.11, asymmetry=0.18,
+        radius=0.53, scale=0.39, keratin=0.35, stuck_on=0.0,
     ),
     "squamous cell carcinoma": LesionProfile(
         prior=0.245, age_mean=73, age_sd=10, male_prob=0.55, site_probs=(0.12, 0.33, 0.41, 0.07, 0.07),
-        colour=(211, 133, 128), colour_sd=16, opacity=0.75, softness=0.18, irregularity=0.13, asymmetry=0.20,
-        radius=0.54, scale=0.35, keratin=0.40, stuck_on=0.0,
+        colour=(210, 131, 126), colour_sd=16, opacity=0.75, softness=0.19, irregularity=0.12, asymmetry=0.19,
+        radius=0.53, scale=0.37, keratin=0.37, stuck_on=0.0,
     ),
     "pigmented benign keratosis": LesionProfile(
         prior=0.595, age_mean=62, age_sd=15, male_prob=0.48, site_probs=(0.18, 0.14, 0.16, 0.26, 0.26),

@@ -79,7 +79,8 @@ def test_post_init_keeps_timm_initialisation_of_the_backbone(backbone):
     model = tiny_model("image", backbone=backbone)
     actual = model.skin_fusion.backbone.state_dict()
     assert all(torch.equal(actual[k], expected[k]) for k in expected)
-    assert model.classifier[-1].weight.std().item() == pytest.approx(0.02, rel=0.3)
+    head = model.head[1]  # PyTorch's fan-in init: uniform with std 1 / sqrt(3 * fan_in)
+    assert head.weight.std().item() == pytest.approx(1 / (3 * head.in_features) ** 0.5, rel=0.2)
 
 
 def test_save_then_auto_load_gives_the_same_logits(tmp_path):

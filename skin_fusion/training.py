@@ -1,0 +1,301 @@
+"""One training run, end to end: data -> processor -> model -> Trainer -> calibration -> evaluation -> card -> save.
+
+`train.py` parses the arguments and calls `run_training`; so can any other code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from transformers import EarlyStoppingCallback, default_data_collator
+
+from .backbone_weights import load_backbone_weights
+from .balancing import balance_dataset, class_weights, describe_balancing, sample_weights, smote_features
+from .calibration import expected_calibration_error, fit_temperature, negative_log_likelihood
+from .checkpoints import last_complete_checkpoint
+from .configuration_skin_fusion import SkinFusionConfig
+from .data import LesionDataset, load_lesion_dataset
+from .evaluation import (
+    MIN_SUBGROUP_SIZE,
+    evaluate_probabilities,
+    plot_confusion_matrix,
+    plot_roc_curves,
+    subgroup_metrics,
+)
+from .fine_tuning import BackboneFreezeCallback, SkinFusionTrainer
+from .hub import push_model_directory
+from .metadata_encoding import MetadataEncoder
+from .metrics import build_compute_metrics
+from .model_card import ModelCardFacts, render_model_card
+from .modeling_skin_fusion import SkinFusionForImageClassification
+from .processing_skin_fusion import SkinFusionProcessor
+from .runtime import configure_torch_threads
+from .synthetic import ensure_default_dataset, is_complete
+from .training_args import DataArguments, ModelArguments, SkinFusionTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+LICENSES = {"ham10000": "cc-by-nc-4.0", "skin_cancer": "cc-by-nc-4.0"}  # data licences that bind derived weights
+
+
+@dataclass
+class TrainingReport:
+    """What a finished run reports (also written to `training_report.json` in the output directory)."""
+
+    output_dir: str
+    preset: str
+    test_metrics: dict[str, float]
+    temperature: float
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+    optimizer_steps: int
+    train_examples: int
+    world_size: int
+    train_runtime_seconds: float
+    pushed_to: str | None = None
+    push_error: str | None = None
+
+
+def describe_run(model_args: ModelArguments, data_args: DataArguments, args: SkinFusionTrainingArguments) -> str:
+    """One line that says which preset and settings ran."""
+    data = data_args.dataset or "the embedded synthetic demo set"
+    return (
+        f"Preset '{model_args.preset}': {model_args.modality} model, backbone {model_args.backbone} at "
+        f"{model_args.image_size} px ({model_args.backbone_weights} weights), {args.num_train_epochs:g} epochs "
+        f"({args.freeze_epochs} frozen), balancing '{data_args.balancing}', data: {data}."
+    )
+
+
+def load_training_data(data_args: DataArguments, seed: int) -> tuple[LesionDataset, bool]:
+    """The lesion set named by `data_args` (the embedded synthetic set by default); also says if it is synthetic."""
+    source = data_args.dataset or str(ensure_default_dataset())
+    lesions = load_lesion_dataset(
+        source, label_column=data_args.label_column, numeric_columns=data_args.numeric_columns,
+        categorical_columns=data_args.categorical_columns, group_column=data_args.group_column,
+        images_dir=data_args.images_dir, validation_size=data_args.validation_size, test_size=data_args.test_size,
+        seed=seed, max_samples=data_args.max_samples,
+    )
+    return lesions, Path(source).is_dir() and is_complete(source)
+
+
+def metadata_frame(split: datasets.Dataset, columns: list[str]):
+    """The metadata columns of a split as a DataFrame (images are not decoded)."""
+    return split.select_columns(columns).to_pandas()
+
+
+def build_processor_and_config(
+    lesions: LesionDataset, model_args: ModelArguments, data_args: DataArguments
+) -> tuple[SkinFusionProcessor, SkinFusionConfig]:
+    """Fit the metadata encoder on the training split only, and describe the model that matches it."""
+    encoder = None
+    if model_args.modality != "image":
+        columns = lesions.numeric_columns + lesions.categorical_columns
+        encoder = MetadataEncoder.fit(
+            metadata_frame(lesions.splits["train"], columns), lesions.numeric_columns, lesions.categorical_columns,
+            categorical_missing=data_args.categorical_missing,
+        )
+    processor = SkinFusionProcessor.for_backbone(model_args.backbone, model_args.image_size, metadata_encoder=encoder)
+    weights = None
+    if data_args.balancing == "class_weights":
+        weights = class_weights(np.asarray(lesions.splits["train"]["label"]), len(lesions.label_names))
+    config = SkinFusionConfig(
+        backbone=model_args.backbone, image_size=model_args.image_size, backbone_weights=model_args.backbone_weights,
+        backbone_weights_file=model_args.backbone_weights_file, modality=model_args.modality,
+        metadata_hidden_sizes=model_args.metadata_hidden_sizes, head_hidden_sizes=model_args.head_hidden_sizes,
+        dropout=model_args.dropout, id2label=dict(enumerate(lesions.label_names)),
+        class_weights=[float(w) for w in weights] if weights is not None else None, **processor.metadata_schema(),
+    )
+    return processor, config
+
+
+def training_split(
+    lesions: LesionDataset, processor: SkinFusionProcessor, config: SkinFusionConfig, strategy: str, seed: int
+) -> tuple[datasets.Dataset, np.ndarray]:
+    """The balanced training split with its (augmenting) transform, and its labels; SMOTE works on encoded rows."""
+    train = lesions.splits["train"]
+    if strategy == "smote":
+        if config.modality != "metadata":
+            raise ValueError(
+                "balancing='smote' interpolates feature vectors, which is meaningful for tabular metadata but not for "
+                "raw pixels: use it with --modality metadata (or on cached backbone features, see bench/), or pick "
+                "oversample / augment / class_weights for image models."
+            )
+        features = processor.encode_metadata(metadata_frame(train, processor.encoder.columns)).numpy()
+        resampled, labels = smote_features(features, np.asarray(train["label"]), seed=seed)
+        return datasets.Dataset.from_dict({"metadata": resampled, "labels": labels}).with_format("torch"), labels
+    train = balance_dataset(train, strategy, seed=seed)
+    return with_model_inputs(train, processor, config, training=True), np.asarray(train["label"])
+
+
+def with_model_inputs(
+    split: datasets.Dataset, processor: SkinFusionProcessor, config: SkinFusionConfig, training: bool
+) -> datasets.Dataset:
+    """The split with a lazy transform to model inputs; images are not even decoded for a metadata-only model."""
+    columns = ["label"] + (["image"] if config.uses_image else [])
+    if config.uses_metadata:
+        columns += processor.encoder.columns
+    transform = processor.dataset_transform(training, use_images=config.uses_image, use_metadata=config.uses_metadata)
+    return split.with_transform(transform, columns=columns)
+
+
+def predict_logits(trainer: SkinFusionTrainer, split: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (already divided by the model's temperature) and labels of a whole split, from every process."""
+    output = trainer.predict(split)
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    return np.asarray(logits, dtype=np.float64), np.asarray(output.label_ids)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, args: SkinFusionTrainingArguments
+) -> TrainingReport:
+    """Train, calibrate, evaluate and save one SkinFusion model; resumes from the last checkpoint if there is one."""
+    configure_torch_threads()
+    logger.info(describe_run(model_args, data_args, args))
+    lesions, synthetic = load_training_data(data_args, args.seed)
+    processor, config = build_processor_and_config(lesions, model_args, data_args)
+    model = SkinFusionForImageClassification(config)
+    provenance = load_backbone_weights(model)
+
+    # Our transforms read raw columns (image, metadata) that the model's forward does not name: keep them.
+    args.remove_unused_columns = False
+    args.dataloader_pin_memory = torch.cuda.is_available()
+    # Trainer would create the Hub repository before training and push every checkpoint; we push once, after the
+    # local save is complete, so an unreachable Hub can never cost a trained model.
+    push_to_hub, args.push_to_hub = args.push_to_hub, False
+    freezing = config.uses_image and args.freeze_epochs > 0
+    if freezing and args.world_size > 1:
+        args.ddp_find_unused_parameters = True  # the frozen backbone gets no gradient in the first epochs
+    callbacks = [BackboneFreezeCallback(args.freeze_epochs)] if freezing else []
+    if args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+
+    train, train_labels = training_split(lesions, processor, config, data_args.balancing, args.seed)
+    validation = with_model_inputs(lesions.splits["validation"], processor, config, training=False)
+    test = with_model_inputs(lesions.splits["test"], processor, config, training=False)
+    trainer = SkinFusionTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=processor,
+        data_collator=default_data_collator, compute_metrics=build_compute_metrics(lesions.label_names),
+        callbacks=callbacks, backbone_learning_rate=args.backbone_learning_rate,
+        unfreeze_last_blocks=args.unfreeze_last_blocks,
+        sample_weights=sample_weights(train_labels) if data_args.balancing == "weighted_sampler" else None,
+    )
+    last_checkpoint = last_complete_checkpoint(args.output_dir)
+    if last_checkpoint and not args.resume:
+        raise ValueError(
+            f"{args.output_dir} holds checkpoints (the newest: {last_checkpoint}) and --resume is False. Pass another "
+            "--output_dir, or delete those checkpoints to start over; nothing was overwritten."
+        )
+    if last_checkpoint:
+        logger.info("Resuming from %s", last_checkpoint)
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=last_checkpoint)
+    runtime = time.perf_counter() - started
+    model = trainer.model
+
+    # Calibration: one temperature fitted on the validation split (the model's logits are divided by it).
+    validation_logits, validation_labels = predict_logits(trainer, validation)
+    temperature = fit_temperature(validation_logits, validation_labels) if args.calibrate else 1.0
+    ece_before = expected_calibration_error(softmax(validation_logits), validation_labels)
+    ece_after = expected_calibration_error(softmax(validation_logits / temperature), validation_labels)
+    model.config.temperature = temperature
+
+    test_logits, test_labels = predict_logits(trainer, test)
+    probabilities = softmax(test_logits)
+    results = evaluate_probabilities(probabilities, test_labels, lesions.label_names)
+    test_metrics = {k: float(results[k]) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")}
+    report = TrainingReport(
+        output_dir=args.output_dir, preset=model_args.preset, test_metrics=test_metrics, temperature=temperature,
+        ece_before=ece_before, ece_after=ece_after,
+        nll_before=negative_log_likelihood(validation_logits, validation_labels),
+        nll_after=negative_log_likelihood(validation_logits / temperature, validation_labels), optimizer_steps=train_output.global_step,
+        train_examples=len(train_labels), world_size=max(args.world_size, 1), train_runtime_seconds=runtime,
+    )
+    trainer.save_model(args.output_dir)  # weights, config (with the temperature) and processor
+    if trainer.is_world_process_zero():
+        output_dir = Path(args.output_dir)
+        metadata_columns = lesions.numeric_columns + lesions.categorical_columns
+        subgroups = subgroup_metrics(
+            metadata_frame(lesions.splits["test"], metadata_columns), probabilities, test_labels, metadata_columns
+        )
+        plot_confusion_matrix(np.asarray(results["confusion_matrix"]), lesions.label_names,
+                              output_dir / "confusion_matrix.png")
+        plot_roc_curves(probabilities, test_labels, lesions.label_names, output_dir / "roc_curves.png",
+                        results["roc_auc"])
+        facts = card_facts(lesions, synthetic, model, model_args, data_args, args, results, test_metrics, subgroups,
+                           report, provenance)
+        render_model_card(facts).save(output_dir / "README.md")
+        if push_to_hub:
+            report.pushed_to, report.push_error = push_safely(output_dir, args.hub_model_id or output_dir.name, args)
+        (output_dir / "training_report.json").write_text(json.dumps(asdict(report), indent=2))
+    return report
+
+
+def push_safely(output_dir: Path, repo_id: str, args: SkinFusionTrainingArguments) -> tuple[str | None, str | None]:
+    """Push after the local save; a failure is reported, never raised: the saved model is the run's result."""
+    try:
+        return push_model_directory(output_dir, repo_id, private=bool(args.hub_private_repo),
+                                    token=args.hub_token), None
+    except RuntimeError as error:
+        logger.error("%s", error)
+        return None, str(error)
+
+
+def card_facts(
+    lesions: LesionDataset, synthetic: bool, model: SkinFusionForImageClassification, model_args: ModelArguments,
+    data_args: DataArguments, args: SkinFusionTrainingArguments, results: dict[str, Any],
+    test_metrics: dict[str, float], subgroups: list[dict[str, Any]], report: TrainingReport, provenance: str,
+) -> ModelCardFacts:
+    """Everything the model card states, taken from this run."""
+    import timm
+
+    source = lesions.source
+    is_hub_id = not Path(source).exists() and "/" in source
+    dataset_name = "SkinFusion synthetic demo set" if synthetic else Path(source).name or source
+    license_name = "apache-2.0" if synthetic else next(
+        (value for key, value in LICENSES.items() if key in source.lower()), "other"
+    )
+    train_labels = np.asarray(lesions.splits["train"]["label"])
+    pretrained = timm.models.get_pretrained_cfg(model.config.backbone) if model.config.uses_image else None
+    return ModelCardFacts(
+        model_name=f"SkinFusion {model.config.modality} ({model.config.backbone})",
+        repo_or_path=args.hub_model_id or args.output_dir, label_names=lesions.label_names,
+        backbone=model.config.backbone, image_size=model.config.image_size, modality=model.config.modality,
+        metadata_columns=lesions.numeric_columns + lesions.categorical_columns if model.config.uses_metadata else [],
+        dataset_name=dataset_name, dataset_source=source, synthetic=synthetic, license=license_name,
+        test_metrics=test_metrics, test_results=results, subgroups=subgroups, temperature=report.temperature,
+        ece_before=report.ece_before, ece_after=report.ece_after, nll_before=report.nll_before,
+        nll_after=report.nll_after, split_sizes={name: len(split) for name, split in lesions.splits.items()},
+        train_counts={name: int((train_labels == i).sum()) for i, name in enumerate(lesions.label_names)},
+        group_column=lesions.group_column, hub_dataset=source if is_hub_id else None,
+        base_model=pretrained.hf_hub_id if pretrained is not None and model_args.backbone_weights in ("hub", "lite")
+        else None,
+        training={
+            "backbone_weights": provenance, "metadata_hidden_sizes": model.config.metadata_hidden_sizes,
+            "head_hidden_sizes": model.config.head_hidden_sizes, "dropout": model.config.dropout,
+            "balancing": describe_balancing(data_args.balancing), "epochs": f"{args.num_train_epochs:g}",
+            "batch_size": args.per_device_train_batch_size * max(args.world_size, 1),
+            "freeze_epochs": args.freeze_epochs if model.config.uses_image else 0,
+            "unfreeze_last_blocks": args.unfreeze_last_blocks, "backbone_learning_rate": args.backbone_learning_rate,
+            "learning_rate": args.learning_rate, "weight_decay": args.weight_decay, "seed": args.seed,
+            "optimizer_steps": report.optimizer_steps, "train_runtime": f"{report.train_runtime_seconds:.0f} s",
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+                       f"{'GPU' if torch.cuda.is_available() else 'CPU'}, {max(args.world_size, 1)} process(es)",
+            "min_subgroup": MIN_SUBGROUP_SIZE,
+        },
+    )

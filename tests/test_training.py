@@ -1,0 +1,110 @@
+"""train.py's library side on tiny models: it learns, calibrates, saves a loadable model with a true card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForImageClassification, AutoProcessor
+
+import skin_fusion  # noqa: F401  (registers the Auto classes)
+from skin_fusion.synthetic import generate_synthetic_lesions
+from skin_fusion.training import run_training
+from skin_fusion.training_args import parse_training_arguments
+
+TINY = ["--backbone", "skin_fusion_small_cnn", "--image_size", "64", "--backbone_weights", "none",
+        "--metadata_hidden_sizes", "32", "16", "--head_hidden_sizes", "64", "--freeze_epochs", "0",
+        "--per_device_train_batch_size", "32", "--learning_rate", "3e-3", "--backbone_learning_rate", "3e-3",
+        "--logging_steps", "50", "--report_to", "none", "--disable_tqdm", "True", "--seed", "0",
+        "--num_train_epochs", "15", "--test_size", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def lesion_folder(tmp_path_factory) -> Path:
+    return generate_synthetic_lesions(tmp_path_factory.mktemp("lesions"), n_images=600, image_size=64, seed=3)
+
+
+def train(folder: Path, output_dir: Path, *extra: str):
+    model_args, data_args, training_args = parse_training_arguments(
+        [*TINY, "--dataset", str(folder), "--output_dir", str(output_dir), *extra]
+    )
+    return run_training(model_args, data_args, training_args)
+
+
+@pytest.fixture(scope="module")
+def fusion_run(lesion_folder, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("fusion")
+    report = train(lesion_folder, output_dir, "--push_to_hub", "True",
+                   "--hub_model_id", "skin-fusion-test/unreachable")
+    return report, output_dir
+
+
+def test_fusion_learns_well_above_chance(fusion_run):
+    report, _ = fusion_run
+    assert report.test_metrics["balanced_accuracy"] > 0.7  # chance is 1/3
+    assert report.test_metrics["macro_auc"] > 0.85
+
+
+def test_fusion_beats_each_single_modality(fusion_run, lesion_folder, tmp_path):
+    fusion = fusion_run[0].test_metrics["balanced_accuracy"]
+    image = train(lesion_folder, tmp_path / "image", "--modality", "image")
+    metadata = train(lesion_folder, tmp_path / "metadata", "--modality", "metadata")
+    # The synthetic set puts one half of the answer in each modality (see skin_fusion/synthetic.py).
+    assert fusion > image.test_metrics["balanced_accuracy"] + 0.05
+    assert fusion > metadata.test_metrics["balanced_accuracy"] + 0.05
+
+
+def test_saved_model_loads_with_auto_classes_and_predicts_calibrated(fusion_run, lesion_folder):
+    report, output_dir = fusion_run
+    model = AutoModelForImageClassification.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
+    assert model.config.temperature == pytest.approx(report.temperature)
+    from PIL import Image
+
+    image = Image.open(next((lesion_folder / "images").iterdir()))
+    with torch.inference_mode():
+        probabilities = model(**processor(images=[image], metadata=[{}])).logits.softmax(-1)
+    assert probabilities.shape == (1, 3) and torch.isclose(probabilities.sum(), torch.tensor(1.0))
+
+
+def test_calibration_minimises_validation_negative_log_likelihood(fusion_run):
+    report, _ = fusion_run
+    assert report.temperature > 0
+    assert report.nll_after <= report.nll_before + 1e-9
+
+
+def test_model_card_yaml_parses_and_carries_the_run_numbers(fusion_run):
+    report, output_dir = fusion_run
+    card = ModelCard.load(output_dir / "README.md")
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["balanced_accuracy"] == pytest.approx(report.test_metrics["balanced_accuracy"], abs=1e-4)
+    assert card.data.pipeline_tag == "image-classification"
+    assert card.data.license == "apache-2.0"
+    assert "synthetic" in card.text.lower() and "not a medical device" in card.text.lower()
+    for plot in ["confusion_matrix.png", "roc_curves.png"]:
+        assert (output_dir / plot).stat().st_size > 1000 and plot in card.text
+    assert "sex" in card.text and "age band" in card.text  # the subgroup table
+
+
+def test_push_without_network_fails_clearly_and_keeps_the_save(fusion_run):
+    report, output_dir = fusion_run
+    assert report.pushed_to is None
+    assert "saved locally" in report.push_error and "hf upload skin-fusion-test/unreachable" in report.push_error
+    for name in ["config.json", "model.safetensors", "preprocessor_config.json", "README.md"]:
+        assert (output_dir / name).is_file()
+    assert json.loads((output_dir / "training_report.json").read_text())["push_error"]
+
+
+def test_smote_is_refused_for_image_models_with_the_reason(lesion_folder, tmp_path):
+    with pytest.raises(ValueError, match="meaningful for tabular metadata but not for raw pixels"):
+        train(lesion_folder, tmp_path / "smote", "--balancing", "smote", "--num_train_epochs", "1")
+
+
+def test_smote_trains_the_metadata_only_model(lesion_folder, tmp_path):
+    report = train(lesion_folder, tmp_path / "smote", "--modality", "metadata", "--balancing", "smote",
+                   "--num_train_epochs", "3")
+    assert np.isfinite(report.test_metrics["balanced_accuracy"])
