@@ -212,7 +212,7 @@ def is_complete(data_dir: str | Path, **arguments: object) -> bool:
 
 
 def ensure_default_dataset(cache_dir: str | Path | None = None) -> Path:
-    """The default synthetic set in `cache_dir/synthetic-v1` (default `~/.cache/skin_fusion`), generated once.
+    """The default synthetic set in `cache_dir/synthetic-v2` (default `~/.cache/skin_fusion`), generated once.
 
     A folder without a valid manifest (an interrupted run) is generated again, never used half-written: generation
     happens in a temporary sibling folder that is renamed into place when complete.

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+from accelerate import PartialState
 import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, default_data_collator
+from transformers import EarlyStoppingCallback, default_data_collator, set_seed
 
 from .backbone_weights import load_backbone_weights
 from .balancing import balance_dataset, class_weights, describe_balancing, sample_weights, smote_features
@@ -79,13 +80,15 @@ def describe_run(model_args: ModelArguments, data_args: DataArguments, args: Ski
 
 def load_training_data(data_args: DataArguments, seed: int) -> tuple[LesionDataset, bool]:
     """The lesion set named by `data_args` (the embedded synthetic set by default); also says if it is synthetic."""
-    source = data_args.dataset or str(ensure_default_dataset())
-    lesions = load_lesion_dataset(
-        source, label_column=data_args.label_column, numeric_columns=data_args.numeric_columns,
-        categorical_columns=data_args.categorical_columns, group_column=data_args.group_column,
-        images_dir=data_args.images_dir, validation_size=data_args.validation_size, test_size=data_args.test_size,
-        seed=seed, max_samples=data_args.max_samples,
-    )
+    # The main process generates and caches first; the others then read what it wrote.
+    with PartialState().main_process_first():
+        source = data_args.dataset or str(ensure_default_dataset())
+        lesions = load_lesion_dataset(
+            source, label_column=data_args.label_column, numeric_columns=data_args.numeric_columns,
+            categorical_columns=data_args.categorical_columns, group_column=data_args.group_column,
+            images_dir=data_args.images_dir, validation_size=data_args.validation_size, test_size=data_args.test_size,
+            seed=seed, max_samples=data_args.max_samples,
+        )
     return lesions, Path(source).is_dir() and is_complete(source)
 
 
@@ -166,6 +169,7 @@ def run_training(
 ) -> TrainingReport:
     """Train, calibrate, evaluate and save one SkinFusion model; resumes from the last checkpoint if there is one."""
     configure_torch_threads()
+    set_seed(args.seed)  # before the model is built: its head's initialisation must repeat run to run
     logger.info(describe_run(model_args, data_args, args))
     lesions, synthetic = load_training_data(data_args, args.seed)
     processor, config = build_processor_and_config(lesions, model_args, data_args)

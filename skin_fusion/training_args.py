@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 DEFAULT_OUTPUT_DIR = "outputs/skin-fusion"
@@ -82,14 +83,14 @@ class SkinFusionTrainingArguments(TrainingArguments):
     """`TrainingArguments` with SkinFusion's defaults and its fine-tuning schedule."""
 
     output_dir: str = field(default=DEFAULT_OUTPUT_DIR, metadata={"help": "Where the model and checkpoints go."})
-    num_train_epochs: float = field(default=6, metadata={"help": "Total epochs (frozen + unfrozen)."})
+    num_train_epochs: float = field(default=10, metadata={"help": "Total epochs (frozen + unfrozen)."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per device."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the metadata MLP and the head."})
     backbone_learning_rate: float = field(
         default=2e-4, metadata={"help": "Learning rate of the backbone once unfrozen (lower than the head's)."}
     )
-    freeze_epochs: int = field(default=2, metadata={"help": "Epochs with a frozen backbone before unfreezing it."})
+    freeze_epochs: int = field(default=6, metadata={"help": "Epochs with a frozen backbone before unfreezing it."})
     unfreeze_last_blocks: int = field(
         default=0, metadata={"help": "After freeze_epochs, train only the last N backbone blocks (0 = all)."}
     )
@@ -112,9 +113,7 @@ class SkinFusionTrainingArguments(TrainingArguments):
 
 
 def explicit_argument_names(argv: list[str]) -> set[str]:
-    """Names given on the command line (`--name value` or `--name=value`) or in a JSON file."""
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return set(json.loads(Path(argv[0]).read_text()))
+    """Names given on the command line (`--name value` or `--name=value`)."""
     return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
 
 
@@ -135,9 +134,17 @@ def parse_training_arguments(
     """Parse the command line (or one JSON file) and apply the chosen preset to what was not given."""
     argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser((ModelArguments, DataArguments, SkinFusionTrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(json_file=argv[0])
+    from_json = len(argv) == 1 and argv[0].endswith(".json")
+    given = json.loads(Path(argv[0]).read_text()) if from_json else None
+    explicit = set(given) if from_json else explicit_argument_names(argv)
+    if "use_cpu" not in explicit and not torch.cuda.is_available():
+        # Without it, processes started by torchrun / `accelerate launch --multi_gpu` on a machine with no GPU would
+        # not form a (gloo) process group: each would train alone on the whole data set. It must be known when the
+        # arguments are built, since TrainingArguments sets up the devices then.
+        given, argv = ({**given, "use_cpu": True}, argv) if from_json else (given, [*argv, "--use_cpu", "True"])
+    if from_json:
+        model_args, data_args, training_args = parser.parse_dict(given)
     else:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    apply_preset((model_args, data_args, training_args), model_args.preset, explicit_argument_names(argv))
+    apply_preset((model_args, data_args, training_args), model_args.preset, explicit)
     return model_args, data_args, training_args
