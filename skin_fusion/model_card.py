@@ -75,9 +75,10 @@ def render_model_card(facts: ModelCardFacts, template_path: Path = MODEL_CARD_TE
     """The filled-in card; its YAML parses with `huggingface_hub.ModelCard`."""
     if not template_path.is_file():
         raise FileNotFoundError(f"Model card template {template_path} is missing; restore model_card.md.")
+    results = facts.test_results
     per_class = [
-        {"name": name, "precision": _fmt(facts.test_results["precision"][i]), "recall": _fmt(facts.test_results["recall"][i]),
-         "auc": _fmt(facts.test_results["roc_auc"][i]), "support": int(sum(facts.test_results["confusion_matrix"][i]))}
+        {"name": name, "precision": _fmt(results["precision"][i]), "recall": _fmt(results["recall"][i]),
+         "auc": _fmt(results["roc_auc"][i]), "support": int(sum(results["confusion_matrix"][i]))}
         for i, name in enumerate(facts.label_names)
     ]
     subgroups = [{key: _fmt(row.get(key)) for key in ("feature", "group", "n", "accuracy", "balanced_accuracy", "ece")}
@@ -97,7 +98,8 @@ def render_model_card(facts: ModelCardFacts, template_path: Path = MODEL_CARD_TE
         test_metrics={k: facts.test_metrics[k] for k in CARD_METRICS if k in facts.test_metrics},
         per_class=per_class, subgroups=subgroups, min_subgroup=training.get("min_subgroup", 5),
         temperature=facts.temperature, ece_before=facts.ece_before, ece_after=facts.ece_after,
-        nll_before=facts.nll_before, nll_after=facts.nll_after, split_sizes=", ".join(f"{k} {v}" for k, v in facts.split_sizes.items()),
+        nll_before=facts.nll_before, nll_after=facts.nll_after,
+        split_sizes=", ".join(f"{k} {v}" for k, v in facts.split_sizes.items()),
         train_counts=", ".join(f"{k} {v}" for k, v in facts.train_counts.items()),
         unfreeze_description="all blocks" if not unfreeze else f"last {unfreeze} blocks",
         **{k: v for k, v in training.items() if k not in ("unfreeze_last_blocks", "min_subgroup")},

@@ -227,7 +227,8 @@ def run_training(
         output_dir=args.output_dir, preset=model_args.preset, test_metrics=test_metrics, temperature=temperature,
         ece_before=ece_before, ece_after=ece_after,
         nll_before=negative_log_likelihood(validation_logits, validation_labels),
-        nll_after=negative_log_likelihood(validation_logits / temperature, validation_labels), optimizer_steps=train_output.global_step,
+        nll_after=negative_log_likelihood(validation_logits / temperature, validation_labels),
+        optimizer_steps=train_output.global_step,
         train_examples=len(train_labels), world_size=max(args.world_size, 1), train_runtime_seconds=runtime,
     )
     trainer.save_model(args.output_dir)  # weights, config (with the temperature) and processor

@@ -42,7 +42,9 @@ class ModelArguments:
     )
     backbone_weights_file: str | None = field(default=None, metadata={"help": "State dict for backbone_weights=file."})
     modality: str = field(default="fusion", metadata={"help": "fusion, image (backbone only) or metadata (MLP only)."})
-    metadata_hidden_sizes: list[int] = field(default_factory=lambda: [64, 32], metadata={"help": "Metadata MLP widths."})
+    metadata_hidden_sizes: list[int] = field(
+        default_factory=lambda: [64, 32], metadata={"help": "Metadata MLP widths."}
+    )
     head_hidden_sizes: list[int] = field(
         default_factory=lambda: [256], metadata={"help": "Fusion head hidden widths: none (one layer) or one width."}
     )

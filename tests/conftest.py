@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import datasets
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,3 +19,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (see README 'Real data')")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def datasets_cache(tmp_path_factory):
+    """Arrow caches of the tests go to a temporary folder, not the user's ~/.cache (nor ../shared)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_datasets_cache"))
+        yield

@@ -13,16 +13,8 @@ import pytest
 
 from skin_fusion.data import LesionDataError, load_lesion_dataset
 from skin_fusion.splits import split_overlap
+from tests.helpers import HAM_DX_COUNTS
 
-HAM_DX_COUNTS = {"nv": 6703, "mel": 1113, "bkl": 1099, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def datasets_cache(tmp_path_factory):
-    """Arrow caches of this module go to a temporary folder, not the user's ~/.cache (nor ../shared)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_datasets_cache"))
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,14 @@
 import json
 from pathlib import Path
 
-import datasets
 import pytest
 from huggingface_hub import DatasetCard
 
 from skin_fusion.dataset_card import REAL_SETS, main, render_dataset_card
 from skin_fusion.synthetic import generate_synthetic_lesions
+from tests.helpers import HAM_DX_COUNTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HAM_DX_COUNTS = {"nv": 6703, "mel": 1113, "bkl": 1099, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def datasets_cache(tmp_path_factory):
-    """Arrow caches of this module go to a temporary folder, not the user's ~/.cache (nor ../shared)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_datasets_cache"))
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pandas as pd
 import PIL.Image
@@ -11,17 +10,9 @@ import pytest
 
 from skin_fusion.eda import main, run_eda
 from skin_fusion.synthetic import generate_synthetic_lesions
+from tests.helpers import HAM_DX_COUNTS
 
-HAM_DX_COUNTS = {"nv": 6703, "mel": 1113, "bkl": 1099, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def datasets_cache(tmp_path_factory):
-    """Arrow caches of this module go to a temporary folder, not the user's ~/.cache (nor ../shared)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_datasets_cache"))
-        yield
 
 
 @pytest.fixture(scope="module")
