@@ -15,10 +15,12 @@ import contextlib
 import hashlib
 import io
 import os
+import shutil
 import sys
 import tempfile
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,7 @@ def make_predict_fn(predictor: SkinFusionPredictor):
         note = f"**{result.note}**" if result.uncertain else result.note
         return result.probabilities, image_file(result.overlay, heatmaps), result.explanation, note
 
+    weakref.finalize(predict, shutil.rmtree, heatmaps, ignore_errors=True)  # when the app goes, or at exit
     return predict
 
 
