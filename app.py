@@ -1,10 +1,11 @@
 """SkinFusion's Gradio app (a Hugging Face Space): a lesion photo with the patient's age, sex and site gives calibrated
 class probabilities, an uncertainty note and a Grad-CAM heatmap. A research tool, not a medical device.
 
-    python app.py [--model PATH_OR_HUB_ID] [--host 127.0.0.1] [--port 7860]
+    python app.py [--model PATH_OR_HUB_ID] [--runtime torch|onnx] [--host 127.0.0.1] [--port 7860]
 
-The model is --model, else $SKIN_FUSION_MODEL, else outputs/skin-fusion (made by `python train.py`). The prediction
-is the API endpoint `/predict`, callable with gradio_client (README, "The app").
+The model is --model, else $SKIN_FUSION_MODEL, else outputs/skin-fusion (made by `python train.py`). With
+`--runtime onnx` ($SKIN_FUSION_RUNTIME) predictions without Grad-CAM run in ONNX Runtime. The prediction is the API
+endpoint `/predict`, callable with gradio_client (README, "The app").
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from PIL import Image
 
 from skin_fusion import MetadataError
 from skin_fusion.image_io import MAX_UPLOAD_BYTES, ImageInputError
-from skin_fusion.inference import UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
+from skin_fusion.inference import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
 from skin_fusion.metadata_encoding import NUMERIC_VALID_RANGES
 from skin_fusion.synthetic import ensure_default_dataset
 
@@ -49,18 +50,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve the SkinFusion Gradio app.")
     parser.add_argument("--model", default=os.environ.get("SKIN_FUSION_MODEL", DEFAULT_MODEL),
                         help="model directory or Hub id (default: $SKIN_FUSION_MODEL or outputs/skin-fusion)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=os.environ.get("SKIN_FUSION_RUNTIME", "torch"),
+                        help="'onnx' runs predictions without Grad-CAM in ONNX Runtime (exported and checked at start)")
     # Spaces set GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; locally the app stays on this machine.
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     return parser.parse_args(argv)
 
 
-def load_predictor(model: str) -> SkinFusionPredictor:
+def load_predictor(model: str, runtime: str = "torch") -> SkinFusionPredictor:
     """The predictor, or `ModelNotFoundError`; the default path is never looked up on the Hub."""
     if model == DEFAULT_MODEL and not Path(model).is_dir():
         raise ModelNotFoundError(f"No model at {DEFAULT_MODEL}. Make one with:\n\n    python train.py\n\n"
                                  "or pass --model PATH_OR_HUB_ID (or set SKIN_FUSION_MODEL).")
-    return SkinFusionPredictor.from_pretrained(model)
+    return SkinFusionPredictor.from_pretrained(model, runtime=runtime)
 
 
 def image_source(payload: dict[str, Any] | None) -> str | bytes | None:
@@ -93,16 +96,20 @@ def image_file(image: Image.Image | None, folder: Path, keep_seconds: float = 60
 
 
 def make_predict_fn(predictor: SkinFusionPredictor):
-    """The event handler: the raw image payload, the TTA flag and one keyword per metadata field to four outputs."""
+    """The event handler: the raw image payload, the TTA and Grad-CAM flags and one keyword per metadata field to four
+    outputs."""
     heatmaps = Path(tempfile.mkdtemp(prefix="skin-fusion-heatmaps-"))
 
-    def predict(image: dict[str, Any] | None, tta: bool = False, **metadata: Any) -> tuple[dict, Any, str, str]:
+    def predict(
+        image: dict[str, Any] | None, tta: bool = False, explain: bool = True, **metadata: Any
+    ) -> tuple[dict, Any, str, str]:
         try:
-            result = predictor.predict(image_source(image), metadata, tta=bool(tta), explain=True)
+            result = predictor.predict(image_source(image), metadata, tta=bool(tta), explain=bool(explain))
         except (ImageInputError, MetadataError) as err:
             raise gr.Error(str(err), print_exception=False) from err
         note = f"**{result.note}**" if result.uncertain else result.note
-        return result.probabilities, image_file(result.overlay, heatmaps), result.explanation, note
+        caption = result.explanation if explain else "Grad-CAM is off: tick “Show where the model looked” to see it."
+        return result.probabilities, image_file(result.overlay, heatmaps), caption, note
 
     weakref.finalize(predict, shutil.rmtree, heatmaps, ignore_errors=True)  # when the app goes, or at exit
     return predict
@@ -145,6 +152,7 @@ def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> 
                                  label="Lesion photo", height=320, elem_id="lesion-image")
                 fields = [metadata_input(name, predictor) for name in predictor.metadata_columns]
                 tta = gr.Checkbox(label="Average over 8 rotations and flips (test-time augmentation, slower)")
+                explain = gr.Checkbox(value=True, label="Show where the model looked (Grad-CAM heatmap)")
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
             with gr.Column():
                 probabilities = gr.Label(num_top_classes=len(predictor.labels), label="Calibrated probabilities",
@@ -158,9 +166,9 @@ def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> 
         with gr.Accordion("About this model: classes, training data, test results", open=False):
             gr.Markdown(predictor.card.to_markdown(), elem_id="model-card")
         # preprocess=False: the handler gets the raw values, so every bad input is refused with its own message.
-        # Keyword inputs name the API's parameters: /predict(image, age, sex, anatom_site_general, tta).
+        # Keyword inputs name the API's parameters: /predict(image, age, sex, anatom_site_general, tta, explain).
         button.click(make_predict_fn(predictor), [image], [probabilities, heatmap, caption, note],
-                     inputs_kwargs={**dict(zip(predictor.metadata_columns, fields)), "tta": tta},
+                     inputs_kwargs={**dict(zip(predictor.metadata_columns, fields)), "tta": tta, "explain": explain},
                      api_name="predict", preprocess=False)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=MAX_QUEUE)
     return demo
@@ -178,7 +186,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **kwargs:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        predictor = load_predictor(args.model)
+        predictor = load_predictor(args.model, args.runtime)
     except ModelNotFoundError as err:
         print(err, file=sys.stderr)
         return 1

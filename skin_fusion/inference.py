@@ -8,6 +8,10 @@ predictor = SkinFusionPredictor.from_pretrained("outputs/skin-fusion")
 result = predictor.predict("lesion.jpg", {"age": 63, "sex": "male", "anatom_site_general": "head/neck"}, explain=True)
 result.probabilities, result.label, result.uncertain, result.note, result.overlay
 ```
+
+`SkinFusionPredictor.from_pretrained(..., runtime="onnx")` runs the forwards that need no gradient (the plain
+prediction and test-time augmentation) in ONNX Runtime on the whole exported classifier (`skin_fusion.onnx_export`),
+checked against PyTorch when it loads; Grad-CAM always runs in PyTorch.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from . import MetadataEncoder, MetadataError, SkinFusionForImageClassification, 
 from .explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heatmap
 from .image_io import ImageSource, load_rgb_image
 from .metadata_encoding import is_missing
+from .onnx_export import OnnxSkinFusion, onnx_session_for
 
 # Below this top probability, or this lead over the runner-up, a prediction is flagged as uncertain.
 MIN_PROBABILITY = 0.6
@@ -41,6 +46,7 @@ MAX_EXPLAIN_SIDE = 1024
 # Test-time augmentation averages over the 8 symmetries of the square (a lesion has no canonical orientation).
 TTA_DESCRIPTION = "rotations by 0, 90, 180 and 270 degrees, each with and without a horizontal flip"
 MAKE_MODEL_HINT = "Make a local model with `python train.py` (it writes outputs/skin-fusion)"
+RUNTIMES = ("torch", "onnx")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -152,6 +158,7 @@ class SkinFusionPredictor:
         processor: the `SkinFusionProcessor` saved beside it.
         source: where the model came from (a path or Hub id), for the model card.
         min_probability, min_margin: thresholds of the `uncertain` flag.
+        onnx_session: an ONNX Runtime session on this model's export; when given, forwards without Grad-CAM use it.
     """
 
     def __init__(
@@ -161,12 +168,14 @@ class SkinFusionPredictor:
         source: str | Path | None = None,
         min_probability: float = MIN_PROBABILITY,
         min_margin: float = MIN_MARGIN,
+        onnx_session: OnnxSkinFusion | None = None,
     ) -> None:
         processor.check_matches(model.config)
         # No weight is ever trained here: without parameter gradients, Grad-CAM's forward records a graph only after
         # its target layer, so an explained prediction costs one forward plus a short backward.
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
+        self.onnx_session = onnx_session
         self.config = model.config
         self.labels = [self.config.id2label[i] for i in range(self.config.num_labels)]
         self.min_probability, self.min_margin = min_probability, min_margin
@@ -194,13 +203,22 @@ class SkinFusionPredictor:
             self.labels, note="No model card: the model was not loaded from a directory or Hub id.")
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | Path, num_threads: int | None = None, **kwargs) -> SkinFusionPredictor:
-        """Load the model and processor from a local directory or a Hub id, and set torch's CPU threads.
+    def from_pretrained(
+        cls, path_or_id: str | Path, num_threads: int | None = None, runtime: str = "torch", **kwargs
+    ) -> SkinFusionPredictor:
+        """Load the model and processor from a local directory or a Hub id, and set the CPU threads.
+
+        Args:
+            runtime: "torch", or "onnx" to serve forwards without Grad-CAM from ONNX Runtime (`onnx_session_for`
+                reuses or writes `model.onnx` beside a local model and checks it against PyTorch).
 
         Raises:
             ModelNotFoundError: nothing loadable there; the message says how to make a local model.
         """
-        torch.set_num_threads(num_threads or min(4, os.cpu_count() or 1))
+        if runtime not in RUNTIMES:
+            raise ValueError(f"Unknown runtime {runtime!r}; choose one of {RUNTIMES}.")
+        num_threads = num_threads or min(4, os.cpu_count() or 1)
+        torch.set_num_threads(num_threads)
         try:
             model = AutoModelForImageClassification.from_pretrained(path_or_id)
             processor = AutoProcessor.from_pretrained(path_or_id)
@@ -213,6 +231,8 @@ class SkinFusionPredictor:
         if not isinstance(model, SkinFusionForImageClassification):
             raise ModelNotFoundError(f"'{path_or_id}' holds a {type(model).__name__}, not a SkinFusion model. "
                                      f"{MAKE_MODEL_HINT}.")
+        if runtime == "onnx":
+            kwargs["onnx_session"] = onnx_session_for(model, path_or_id, num_threads=num_threads)
         return cls(model, processor, source=path_or_id, **kwargs)
 
     @property
@@ -274,11 +294,9 @@ class SkinFusionPredictor:
         if explain and self.target_layer is not None:
             with self._explain_lock:
                 cam = grad_cam(self.model, inputs, self.target_layer)
-            logits = cam.logits
+            probabilities = cam.logits.float().softmax(-1)[0]
         else:
-            with torch.inference_mode():
-                logits = self.model(**inputs).logits
-        probabilities = logits.float().softmax(-1)[0]
+            probabilities = self._probabilities(inputs)[0]
 
         views = 1
         if tta and self.config.uses_image:
@@ -287,14 +305,19 @@ class SkinFusionPredictor:
             batch = {"pixel_values": other_views}
             if "metadata" in inputs:
                 batch["metadata"] = inputs["metadata"].expand(len(other_views), -1)
-            with torch.inference_mode():
-                other = self.model(**batch).logits.float().softmax(-1)
-            probabilities = (probabilities + other.sum(0)) / views
+            probabilities = (probabilities + self._probabilities(batch).sum(0)) / views
 
         result = self._summarise(probabilities, not_recorded, views)
         if explain:
             self._add_explanation(result, rgb, cam)
         return result
+
+    def _probabilities(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Calibrated class probabilities (batch, num_labels) from ONNX Runtime when there is a session, else torch."""
+        if self.onnx_session is not None:
+            return torch.from_numpy(self.onnx_session(**inputs)).softmax(-1)
+        with torch.inference_mode():
+            return self.model(**inputs).logits.float().softmax(-1)
 
     def _summarise(self, probabilities: torch.Tensor, not_recorded: list[str], views: int) -> Prediction:
         ranked = probabilities.sort(descending=True)

@@ -67,9 +67,9 @@ def good_image(files) -> Path:
     return path
 
 
-def classify(client: Client, image: Path | None, metadata: dict | None = None, tta: bool = False):
+def classify(client: Client, image: Path | None, metadata: dict | None = None, tta: bool = False, **flags):
     metadata = METADATA if metadata is None else metadata
-    return client.predict(handle_file(str(image)) if image is not None else None, **metadata, tta=tta,
+    return client.predict(handle_file(str(image)) if image is not None else None, **metadata, tta=tta, **flags,
                           api_name="/predict")
 
 
@@ -143,6 +143,22 @@ def test_client_gets_the_models_own_top_label_and_probabilities(client, model_di
     assert Image.open(heatmap).size == Image.open(good_image).size
     assert caption.startswith(f"Grad-CAM for {label['label']}")
     assert "clinician must" in note
+
+
+def test_without_grad_cam_the_app_returns_the_same_probabilities_and_no_heatmap(client, good_image):
+    explained, heatmap, _, _ = classify(client, good_image)
+    plain, no_heatmap, caption, _ = classify(client, good_image, explain=False)
+    assert heatmap is not None and no_heatmap is None
+    assert probabilities(plain) == pytest.approx(probabilities(explained), abs=1e-5)
+    assert caption.startswith("Grad-CAM is off")
+
+
+def test_onnx_runtime_serves_the_same_probabilities(model_dir, predictor, good_image):
+    onnx_predictor = app.load_predictor(str(model_dir), runtime="onnx")
+    assert onnx_predictor.onnx_session is not None
+    expected = predictor.predict(str(good_image), METADATA).probabilities
+    actual = onnx_predictor.predict(str(good_image), METADATA).probabilities
+    assert actual == pytest.approx(expected, abs=1e-5)
 
 
 def test_tta_result_through_the_app_sums_to_one(client, good_image):

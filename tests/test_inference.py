@@ -187,3 +187,20 @@ def test_absent_model_card_gives_a_note_not_an_error(predictor):
     assert predictor.card.note.startswith("No model card (README.md)")
     assert predictor.card.test_metrics == []
     assert "No model card" in predictor.card.to_markdown()
+
+
+def test_onnx_runtime_predicts_what_torch_predicts(predictor, model_dir):
+    onnx_predictor = SkinFusionPredictor.from_pretrained(model_dir, runtime="onnx")
+    assert onnx_predictor.onnx_session is not None and (model_dir / "model.onnx").is_file()
+    image = lesion_image()
+    for tta in (False, True):
+        expected = predictor.predict(image, METADATA, tta=tta).probabilities
+        actual = onnx_predictor.predict(image, METADATA, tta=tta).probabilities
+        np.testing.assert_allclose(list(actual.values()), list(expected.values()), atol=1e-5)
+    explained = onnx_predictor.predict(image, METADATA, explain=True)  # Grad-CAM still runs in PyTorch
+    assert explained.heatmap is not None
+
+
+def test_unknown_runtime_names_the_choices(model_dir):
+    with pytest.raises(ValueError, match=r"Unknown runtime 'tensorrt'; choose one of \('torch', 'onnx'\)"):
+        SkinFusionPredictor.from_pretrained(model_dir, runtime="tensorrt")
