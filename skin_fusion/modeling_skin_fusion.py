@@ -78,35 +78,58 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
     def metadata_features_dim(self) -> int:
         return self.config.metadata_hidden_sizes[-1] if self.metadata_mlp is not None else 0
 
+    def check_image_inputs(self, pixel_values: torch.Tensor | None, image_features: torch.Tensor | None) -> None:
+        """Raise a `ValueError` that says the fix unless exactly one image input of the right shape is given."""
+        if pixel_values is not None and image_features is not None:
+            raise ValueError(
+                "Pass either `pixel_values` or `image_features`, not both: `image_features` are the backbone's pooled "
+                "features of those same images (see `skin_fusion.feature_cache`), used instead of running it."
+            )
+        if pixel_values is None and image_features is None:
+            raise ValueError(
+                f"modality={self.config.modality!r} needs `pixel_values` (run the image through SkinFusionProcessor) "
+                "or cached `image_features` (see `skin_fusion.feature_cache`); or use modality='metadata'."
+            )
+        width = self.backbone.num_features
+        if image_features is not None and (image_features.ndim != 2 or image_features.shape[-1] != width):
+            raise ValueError(
+                f"image_features has shape {tuple(image_features.shape)} but backbone {self.config.backbone!r} pools "
+                f"(batch, {width}); extract them from this model's backbone with "
+                "`skin_fusion.feature_cache.extract_image_features`."
+            )
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         metadata: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch, 3, image_size, image_size)`):
-                Normalised images from `SkinFusionProcessor`; required unless `modality="metadata"`.
+            pixel_values (`torch.FloatTensor` of shape `(batch, 3, image_size, image_size)`, *optional*):
+                Normalised images from `SkinFusionProcessor`; the image models need these or `image_features`.
             metadata (`torch.FloatTensor` of shape `(batch, config.metadata_dim)`):
                 Encoded metadata from `SkinFusionProcessor` (missing values already imputed and flagged);
                 required unless `modality="image"`.
+            image_features (`torch.FloatTensor` of shape `(batch, backbone.num_features)`, *optional*):
+                The backbone's pooled features of the images (`forward_head(..., pre_logits=True)`), cached by
+                `skin_fusion.feature_cache`; used instead of running the backbone on `pixel_values`.
 
         Returns:
             `BaseModelOutputWithPooling` whose `pooler_output` is the fused feature vector and whose
-            `last_hidden_state` is the backbone's last feature map (`None` for the metadata-only model).
+            `last_hidden_state` is the backbone's last feature map (`None` for the metadata-only model and when
+            `image_features` were given).
         """
         features: list[torch.Tensor] = []
         feature_map = None
         if self.backbone is not None:
-            if pixel_values is None:
-                raise ValueError(
-                    f"modality={self.config.modality!r} needs `pixel_values`; run the image through "
-                    "SkinFusionProcessor, or use modality='metadata'."
-                )
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-                feature_map = self.backbone.forward_features(pixel_values)
-                features.append(self.backbone.forward_head(feature_map, pre_logits=True))
+            self.check_image_inputs(pixel_values, image_features)
+            if image_features is None:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+                    feature_map = self.backbone.forward_features(pixel_values)
+                    image_features = self.backbone.forward_head(feature_map, pre_logits=True)
+            features.append(image_features)
         if self.metadata_mlp is not None:
             if metadata is None:
                 raise ValueError(
@@ -139,18 +162,20 @@ class SkinFusionForImageClassification(SkinFusionPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         metadata: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
         **kwargs,
     ) -> ImageClassifierOutput:
         r"""
         Args:
-            pixel_values, metadata: see `SkinFusionModel.forward`.
+            pixel_values, metadata, image_features: see `SkinFusionModel.forward` (give `pixel_values` or cached
+                `image_features`).
             labels (`torch.LongTensor` of shape `(batch,)`, *optional*):
                 Class indices; when given, the (class-weighted) cross-entropy loss is returned.
 
         Returns:
             `ImageClassifierOutput` with `logits` (temperature-scaled) and `loss` when `labels` are given.
         """
-        encoded = self.skin_fusion(pixel_values=pixel_values, metadata=metadata)
+        encoded = self.skin_fusion(pixel_values=pixel_values, metadata=metadata, image_features=image_features)
         logits = self.classifier(self.head(encoded.pooler_output)) / self.config.temperature
         loss = None
         if labels is not None:

@@ -9,18 +9,26 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-from accelerate import PartialState
 import numpy as np
 import torch
+from accelerate import PartialState
 from transformers import EarlyStoppingCallback, default_data_collator, set_seed
 
 from .backbone_weights import load_backbone_weights
-from .balancing import balance_dataset, class_weights, describe_balancing, sample_weights, smote_features
+from .balancing import (
+    RESAMPLING_STRATEGIES,
+    balance_dataset,
+    class_weights,
+    describe_balancing,
+    resample_indices,
+    sample_weights,
+    smote_features,
+)
 from .calibration import expected_calibration_error, fit_temperature, negative_log_likelihood
 from .checkpoints import last_complete_checkpoint
 from .configuration_skin_fusion import SkinFusionConfig
@@ -31,6 +39,15 @@ from .evaluation import (
     plot_confusion_matrix,
     plot_roc_curves,
     subgroup_metrics,
+)
+from .feature_cache import (
+    add_image_features,
+    cached_inputs,
+    check_views,
+    concatenate_inputs,
+    inputs_dataset,
+    select_rows,
+    smote_inputs,
 )
 from .fine_tuning import BackboneFreezeCallback, SkinFusionTrainer
 from .hub import push_model_directory
@@ -64,6 +81,9 @@ class TrainingReport:
     train_examples: int
     world_size: int
     train_runtime_seconds: float
+    feature_extraction_seconds: float = 0.0  # backbone features cached before training (--cache_image_features)
+    test_recall: dict[str, float] = field(default_factory=dict)
+    test_auc: dict[str, float] = field(default_factory=dict)
     pushed_to: str | None = None
     push_error: str | None = None
 
@@ -74,8 +94,24 @@ def describe_run(model_args: ModelArguments, data_args: DataArguments, args: Ski
     return (
         f"Preset '{model_args.preset}': {model_args.modality} model, backbone {model_args.backbone} at "
         f"{model_args.image_size} px ({model_args.backbone_weights} weights), {args.num_train_epochs:g} epochs "
-        f"({args.freeze_epochs} frozen), balancing '{data_args.balancing}', data: {data}."
+        f"({args.freeze_epochs} frozen), balancing '{data_args.balancing}', data: {data}"
+        + (", on cached backbone features." if args.cache_image_features and model_args.modality != "metadata" else ".")
     )
+
+
+def check_feature_caching(modality: str, args: SkinFusionTrainingArguments) -> bool:
+    """Whether this run trains on cached backbone features; raises if it asks to while the backbone would learn."""
+    if not args.cache_image_features or modality == "metadata":
+        return False
+    if args.freeze_epochs < args.num_train_epochs:
+        raise ValueError(
+            f"--cache_image_features True needs a backbone frozen for the whole run, but freeze_epochs="
+            f"{args.freeze_epochs} < num_train_epochs={args.num_train_epochs:g}: cached features would go stale once "
+            f"the backbone learns. Pass --freeze_epochs {int(np.ceil(args.num_train_epochs))} (or more), or drop "
+            "--cache_image_features to fine-tune the backbone on pixels."
+        )
+    check_views(args.cache_train_views)
+    return True
 
 
 def load_training_data(data_args: DataArguments, seed: int) -> tuple[LesionDataset, bool]:
@@ -131,14 +167,37 @@ def training_split(
         if config.modality != "metadata":
             raise ValueError(
                 "balancing='smote' interpolates feature vectors, which is meaningful for tabular metadata but not for "
-                "raw pixels: use it with --modality metadata (or on cached backbone features, see bench/), or pick "
-                "oversample / augment / class_weights for image models."
+                "raw pixels: use it with --modality metadata or on cached backbone features (--cache_image_features "
+                "True with a frozen backbone), or pick oversample / augment / class_weights for image models."
             )
         features = processor.encode_metadata(metadata_frame(train, processor.encoder.columns)).numpy()
         resampled, labels = smote_features(features, np.asarray(train["label"]), seed=seed)
         return datasets.Dataset.from_dict({"metadata": resampled, "labels": labels}).with_format("torch"), labels
     train = balance_dataset(train, strategy, seed=seed)
     return with_model_inputs(train, processor, config, training=True), np.asarray(train["label"])
+
+
+def cached_feature_splits(
+    lesions: LesionDataset, processor: SkinFusionProcessor, model: SkinFusionForImageClassification, strategy: str,
+    args: SkinFusionTrainingArguments,
+) -> tuple[datasets.Dataset, np.ndarray, datasets.Dataset, datasets.Dataset]:
+    """Train (balanced, one row per cached view), validation and test as rows of `image_features`, `metadata`,
+    `labels`: the frozen backbone runs once per image and view, the Trainer only trains the metadata MLP and head."""
+    config, backbone = model.config, model.skin_fusion.backbone
+
+    def inputs(split: str, view: str) -> dict[str, np.ndarray]:
+        with_features = add_image_features(lesions.splits[split], backbone, processor, view=view,
+                                           batch_size=args.per_device_eval_batch_size, desc=f"{split} features ({view})")
+        return cached_inputs(with_features, processor, config.uses_image, config.uses_metadata)
+
+    with PartialState().main_process_first():  # the main process fills the cache; the others read it
+        train = concatenate_inputs([inputs("train", view) for view in args.cache_train_views])
+        validation, test = inputs("validation", "original"), inputs("test", "original")
+    if strategy == "smote":
+        train = smote_inputs(train, seed=args.seed)
+    elif strategy in RESAMPLING_STRATEGIES:
+        train = select_rows(train, resample_indices(train["labels"], strategy, args.seed, len(lesions.label_names)))
+    return inputs_dataset(train), train["labels"], inputs_dataset(validation), inputs_dataset(test)
 
 
 def with_model_inputs(
@@ -170,6 +229,7 @@ def run_training(
     """Train, calibrate, evaluate and save one SkinFusion model; resumes from the last checkpoint if there is one."""
     configure_torch_threads()
     set_seed(args.seed)  # before the model is built: its head's initialisation must repeat run to run
+    cached = check_feature_caching(model_args.modality, args)
     logger.info(describe_run(model_args, data_args, args))
     lesions, synthetic = load_training_data(data_args, args.seed)
     processor, config = build_processor_and_config(lesions, model_args, data_args)
@@ -189,9 +249,15 @@ def run_training(
     if args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
 
-    train, train_labels = training_split(lesions, processor, config, data_args.balancing, args.seed)
-    validation = with_model_inputs(lesions.splits["validation"], processor, config, training=False)
-    test = with_model_inputs(lesions.splits["test"], processor, config, training=False)
+    started = time.perf_counter()
+    if cached:
+        train, train_labels, validation, test = cached_feature_splits(lesions, processor, model, data_args.balancing,
+                                                                      args)
+    else:
+        train, train_labels = training_split(lesions, processor, config, data_args.balancing, args.seed)
+        validation = with_model_inputs(lesions.splits["validation"], processor, config, training=False)
+        test = with_model_inputs(lesions.splits["test"], processor, config, training=False)
+    extraction_seconds = time.perf_counter() - started if cached else 0.0
     trainer = SkinFusionTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=processor,
         data_collator=default_data_collator, compute_metrics=build_compute_metrics(lesions.label_names),
@@ -230,6 +296,9 @@ def run_training(
         nll_after=negative_log_likelihood(validation_logits / temperature, validation_labels),
         optimizer_steps=train_output.global_step,
         train_examples=len(train_labels), world_size=max(args.world_size, 1), train_runtime_seconds=runtime,
+        feature_extraction_seconds=extraction_seconds,
+        test_recall=dict(zip(lesions.label_names, map(float, results["recall"]), strict=True)),
+        test_auc=dict(zip(lesions.label_names, map(float, results["roc_auc"]), strict=True)),
     )
     trainer.save_model(args.output_dir)  # weights, config (with the temperature) and processor
     if trainer.is_world_process_zero():

@@ -102,6 +102,18 @@ class SkinFusionTrainingArguments(TrainingArguments):
     resume: bool = field(
         default=True, metadata={"help": "Resume from the last complete checkpoint in output_dir, if there is one."}
     )
+    cache_image_features: bool = field(
+        default=False,
+        metadata={"help": "Run the frozen backbone once per image and train only the metadata MLP and head on its "
+                          "cached pooled features (seconds per epoch instead of minutes). Needs freeze_epochs >= "
+                          "num_train_epochs; allows --balancing smote for image and fusion models. The saved model "
+                          "is complete (backbone included). Metadata-only models have nothing to cache."},
+    )
+    cache_train_views: list[str] = field(
+        default_factory=lambda: ["original"],
+        metadata={"help": "With --cache_image_features: views of each training image cached as extra training rows "
+                          "(original, hflip, vflip, rot180); validation and test use the original only."},
+    )
     calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on the validation split."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch, steps or no."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: epoch or steps."})
