@@ -9,9 +9,10 @@ run on the same data reads `datasets`' Arrow cache instead of running the backbo
 The model then takes `image_features=` instead of `pixel_values=`; its head sees exactly what it would have seen
 from pixels, so a model trained on cached features is a complete SkinFusion model that serves images.
 
-Measured on the synthetic demo set (600 images at 64 px, tiny CNN, 2-core CPU, see tests/test_feature_cache.py for the
-check and the README of bench/ for the numbers on real data): training the heads on cached features takes a fraction
-of the time of the equivalent frozen-backbone run on pixels.
+Measured here (2-core CPU, load average about 5): the synthetic set of tests/test_training.py (600 images at 64 px,
+`skin_fusion_small_cnn`, 15 epochs, backbone frozen throughout) trains in 5.8 s on cached features (plus 0.5 s to
+extract them once) against 76.5 s on pixels, 13 times faster; the pixel run also pays the random training
+augmentation, which a cached run replaces by fixed flip views (`VIEWS`). Real-data timings: bench/real_data.py.
 """
 
 from __future__ import annotations

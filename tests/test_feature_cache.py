@@ -1,0 +1,167 @@
+"""Cached frozen-backbone features: same logits as pixels, cached by fingerprint, and training on them."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageClassification, AutoProcessor, set_seed
+
+import skin_fusion  # noqa: F401  (registers the Auto classes)
+from skin_fusion.balancing import class_counts
+from skin_fusion.data import load_lesion_dataset
+from skin_fusion.feature_cache import (
+    add_image_features,
+    cached_inputs,
+    feature_extractor,
+    feature_matrix,
+    pooled_features,
+    smote_inputs,
+)
+from skin_fusion.modeling_skin_fusion import SkinFusionForImageClassification
+from skin_fusion.synthetic import generate_synthetic_lesions
+from skin_fusion.training import run_training
+from skin_fusion.training_args import parse_training_arguments
+from tests.helpers import TINY_SIZE, fitted_processor, tiny_model
+
+EPOCHS = "3"
+CACHED_RUN = ["--backbone", "skin_fusion_small_cnn", "--image_size", "64", "--backbone_weights", "none",
+              "--metadata_hidden_sizes", "16", "--head_hidden_sizes", "32", "--num_train_epochs", EPOCHS,
+              "--freeze_epochs", EPOCHS, "--cache_image_features", "True", "--per_device_train_batch_size", "32",
+              "--report_to", "none", "--disable_tqdm", "True", "--seed", "0", "--test_size", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def lesion_folder(tmp_path_factory):
+    return generate_synthetic_lesions(tmp_path_factory.mktemp("lesions"), n_images=150, image_size=64, seed=5)
+
+
+@pytest.fixture(scope="module")
+def lesions(lesion_folder):
+    return load_lesion_dataset(str(lesion_folder), seed=0, test_size=0.3)  # as CACHED_RUN splits it
+
+
+def train(folder, output_dir, *extra):
+    return run_training(*parse_training_arguments([*CACHED_RUN, "--dataset", str(folder),
+                                                   "--output_dir", str(output_dir), *extra]))
+
+
+def test_image_features_give_the_same_logits_as_pixels_for_a_frozen_model():
+    model = tiny_model("fusion").eval()
+    pixels = torch.randn(4, 3, TINY_SIZE, TINY_SIZE)
+    metadata = torch.randn(4, model.config.metadata_dim)
+    features = pooled_features(feature_extractor(model.skin_fusion.backbone), pixels)
+    with torch.inference_mode():
+        from_pixels = model(pixel_values=pixels, metadata=metadata).logits
+        from_features = model(image_features=features, metadata=metadata).logits
+    # channels-last may pick other kernels than the default layout: equal up to float rounding
+    torch.testing.assert_close(from_features, from_pixels, rtol=0, atol=1e-5)
+
+
+def test_image_features_errors_say_the_fix():
+    model = tiny_model("image")
+    pixels = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
+    width = model.skin_fusion.backbone.num_features
+    with pytest.raises(ValueError, match="either `pixel_values` or `image_features`, not both"):
+        model(pixel_values=pixels, image_features=torch.randn(1, width))
+    with pytest.raises(ValueError, match="or cached `image_features`"):
+        model()
+    with pytest.raises(ValueError, match=rf"pools \(batch, {width}\); extract them"):
+        model(image_features=torch.randn(1, width + 1))
+    with pytest.raises(ValueError, match="has shape"):
+        model(image_features=torch.randn(width))
+
+
+def test_flip_views_are_the_features_of_flipped_images():
+    extractor = feature_extractor(tiny_model("image").skin_fusion.backbone)
+    pixels = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    torch.testing.assert_close(pooled_features(extractor, pixels, "hflip"), pooled_features(extractor, pixels.flip(-1)))
+    torch.testing.assert_close(pooled_features(extractor, pixels, "rot180"),
+                               pooled_features(extractor, pixels.rot90(2, dims=(-2, -1))))
+    with pytest.raises(ValueError, match="distinct names from"):
+        pooled_features(extractor, pixels, "rot90")
+
+
+def test_features_column_holds_the_backbone_features_of_the_evaluation_transform(lesions):
+    processor = fitted_processor()
+    model = tiny_model("image", processor=processor).eval()
+    split = lesions.splits["validation"]
+    matrix = feature_matrix(add_image_features(split, model.skin_fusion.backbone, processor))
+    assert matrix.shape == (len(split), model.skin_fusion.backbone.num_features) and matrix.dtype == np.float32
+    with torch.inference_mode():
+        expected = model.skin_fusion(pixel_values=processor.preprocess_images(split[:3]["image"])).pooler_output
+    np.testing.assert_allclose(matrix[:3], expected.numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_second_extraction_reads_the_cache_and_new_weights_do_not(lesions):
+    processor = fitted_processor()
+    backbone = tiny_model("image", processor=processor).skin_fusion.backbone
+    split = lesions.splits["test"]
+    first = add_image_features(split, backbone, processor)
+    cache_file = first.cache_files[0]["filename"]
+    written = os.stat(cache_file).st_mtime_ns
+    second = add_image_features(split, backbone, processor)
+    assert second.cache_files[0]["filename"] == cache_file
+    assert os.stat(cache_file).st_mtime_ns == written  # read, not rewritten
+    with torch.no_grad():
+        next(backbone.parameters()).add_(1.0)
+    assert add_image_features(split, backbone, processor).cache_files[0]["filename"] != cache_file
+    assert add_image_features(split, backbone, processor, view="hflip")._fingerprint != first._fingerprint
+
+
+def test_smote_on_features_brings_every_class_to_the_majority_count_and_keeps_the_columns():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 20 + [1] * 8 + [2] * 5)
+    inputs = {"labels": labels, "image_features": rng.normal(size=(33, 12)).astype(np.float32),
+              "metadata": rng.normal(size=(33, 4)).astype(np.float32)}
+    balanced = smote_inputs(inputs, seed=0)
+    np.testing.assert_array_equal(class_counts(balanced["labels"]), [20, 20, 20])
+    assert balanced["image_features"].shape == (60, 12) and balanced["metadata"].shape == (60, 4)
+    np.testing.assert_array_equal(balanced["image_features"][:33], inputs["image_features"])  # originals first
+    np.testing.assert_array_equal(balanced["metadata"][:33], inputs["metadata"])
+
+
+def test_caching_is_refused_when_the_backbone_would_learn(lesion_folder, tmp_path):
+    with pytest.raises(ValueError, match=f"Pass --freeze_epochs {EPOCHS} \\(or more\\)"):
+        train(lesion_folder, tmp_path / "run", "--freeze_epochs", "1")
+
+
+@pytest.fixture(scope="module")
+def cached_run(lesion_folder, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("cached")
+    return train(lesion_folder, output_dir), output_dir
+
+
+def test_a_cached_feature_run_saves_a_model_that_predicts_the_same_from_pixels(cached_run, lesions):
+    report, output_dir = cached_run
+    assert np.isfinite(report.test_metrics["balanced_accuracy"]) and report.feature_extraction_seconds > 0
+    model = AutoModelForImageClassification.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
+    split = lesions.splits["test"]
+    inputs = cached_inputs(add_image_features(split, model.skin_fusion.backbone, processor), processor, True, True)
+    batch = split[:8]
+    with torch.inference_mode():
+        from_pixels = model(**processor(images=batch["image"], metadata=[
+            {c: batch[c][i] for c in processor.encoder.columns} for i in range(8)])).logits
+        from_features = model(image_features=torch.from_numpy(inputs["image_features"][:8]),
+                              metadata=torch.from_numpy(inputs["metadata"][:8])).logits
+    torch.testing.assert_close(from_features, from_pixels, rtol=0, atol=1e-4)
+
+
+def test_a_cached_feature_run_leaves_the_backbone_as_it_was_initialised(cached_run):
+    _, output_dir = cached_run
+    saved = AutoModelForImageClassification.from_pretrained(output_dir)
+    set_seed(0)  # run_training seeds before building the model
+    initial = SkinFusionForImageClassification(saved.config)
+    expected = initial.skin_fusion.backbone.state_dict()
+    actual = saved.skin_fusion.backbone.state_dict()
+    assert all(torch.equal(actual[name], expected[name]) for name in expected)
+
+
+def test_smote_trains_the_image_model_on_cached_features(lesion_folder, lesions, tmp_path):
+    report = train(lesion_folder, tmp_path / "smote", "--modality", "image", "--balancing", "smote")
+    counts = class_counts(np.asarray(lesions.splits["train"]["label"]))
+    assert report.train_examples == len(counts) * counts.max()
+    assert np.isfinite(report.test_metrics["balanced_accuracy"])
