@@ -34,6 +34,19 @@ def test_eval_transform_is_deterministic_and_training_augments():
     assert not torch.equal(augmented[0], augmented[1])
 
 
+def test_batch_preprocessing_equals_the_per_image_transforms():
+    processor = fitted_processor()
+    images = [photo(seed) for seed in range(3)]
+    expected = torch.stack([processor.eval_transform()(image) for image in images])
+    assert torch.equal(processor.preprocess_images(images), expected)
+    torch.manual_seed(1)
+    augmented = processor.preprocess_images(images, training=True)
+    torch.manual_seed(1)
+    transform = processor.train_transform()
+    assert torch.equal(augmented, torch.stack([transform(image) for image in images]))
+    assert augmented.is_contiguous()
+
+
 def test_numeric_gaps_take_the_training_median_and_categorical_gaps_the_most_frequent_value():
     processor = fitted_processor()
     encoder = processor.encoder
