@@ -103,11 +103,10 @@ def add_image_features(
                          "`load_lesion_dataset`, whose images are decoded lazily from that column.")
     check_views([view])
     extractor = feature_extractor(backbone)
-    transform = processor.eval_transform()
     width = int(backbone.num_features)
 
     def extract(images: list) -> dict[str, np.ndarray]:
-        pixel_values = torch.stack([transform(image.convert("RGB")) for image in images])
+        pixel_values = processor.preprocess_images(images, training=False)
         return {IMAGE_FEATURES_COLUMN: pooled_features(extractor, pixel_values, view).numpy()}
 
     features = datasets.Features(
