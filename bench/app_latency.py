@@ -1,0 +1,171 @@
+"""What the app's predictor costs on top of the bare backbone, on this CPU (batch 1, medians).
+
+    python bench/app_latency.py [--backbones tf_efficientnet_lite0:224 tf_efficientnet_b4:380] [--runs 20] [--threads 2]
+
+Rows, per backbone (random weights; speed does not depend on their values):
+  - bare backbone forward: the timm model with the predictor's backbone weights, eval, channels-last, inference mode;
+  - bare forward + backward: the same with autograd and a backward from the pooled features (Grad-CAM's yardstick);
+  - predictor: `SkinFusionPredictor.predict` on a PIL image of the processor's resize size (decode checks, resize,
+    crop, normalisation, metadata encoding, fusion head, softmax) must add at most 10% to the bare forward;
+  - predictor (ONNX Runtime): the same call served by `runtime="onnx"` (the whole classifier exported);
+  - predictor + Grad-CAM (`explain=True`) must cost at most the bare forward + backward;
+  - predictor + TTA (8 views in one batch), for information.
+Writes bench/results/app_latency.{json,md} (app_latency_Nthreads.* for other thread counts). Other processes on the
+machine distort 2-thread timings badly (a preempted OpenMP thread stalls the other); the load average is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+from PIL import Image
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]
+
+from machine_info import machine_info  # noqa: E402
+
+from skin_fusion import (  # noqa: E402
+    MetadataEncoder,
+    SkinFusionConfig,
+    SkinFusionForImageClassification,
+    SkinFusionProcessor,
+)
+from skin_fusion.image_io import load_rgb_image  # noqa: E402
+from skin_fusion.inference import SkinFusionPredictor  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METADATA = {"age": 63, "sex": "male", "anatom_site_general": "head/neck"}
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds of each function; rounds run every function once, so a busy spell hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(values) for name, values in times.items()}
+
+
+def saved_model(backbone: str, image_size: int, directory: Path) -> Path:
+    """A fusion model on `backbone` with a metadata encoder fitted on a few rows, saved with its processor."""
+    rows = pd.DataFrame({"age": [40, 55, 70, None], "sex": ["male", "female", "male", None],
+                         "anatom_site_general": ["head/neck", "back", "lower extremity", "back"]})
+    encoder = MetadataEncoder.fit(rows, ["age"], ["sex", "anatom_site_general"])
+    processor = SkinFusionProcessor.for_backbone(backbone, image_size, metadata_encoder=encoder)
+    config = SkinFusionConfig(backbone=backbone, image_size=image_size, **processor.metadata_schema())
+    SkinFusionForImageClassification(config).save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def bench_backbone(backbone: str, image_size: int, runs: int, threads: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = saved_model(backbone, image_size, Path(tmp))
+        predictor = SkinFusionPredictor.from_pretrained(model_dir, num_threads=threads)
+        onnx_predictor = SkinFusionPredictor.from_pretrained(model_dir, num_threads=threads, runtime="onnx")
+    bare = timm.create_model(backbone, pretrained=False, num_classes=0)
+    bare.load_state_dict(predictor.model.skin_fusion.backbone.state_dict())
+    bare = bare.eval().to(memory_format=torch.channels_last)
+    pixels = torch.randn(1, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    side = predictor.processor.resize_size
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+    def bare_forward() -> None:
+        with torch.inference_mode():
+            bare(pixels)
+
+    def bare_forward_backward() -> None:
+        bare.zero_grad(set_to_none=True)
+        bare(pixels).sum().backward()
+
+    prepared = {"pixel_values": predictor.processor.preprocess_images(image).contiguous(
+        memory_format=torch.channels_last), "metadata": predictor.encode_metadata(METADATA)[0]}
+
+    def model_forward() -> None:
+        with torch.inference_mode():
+            predictor.model(**prepared)
+
+    timings = interleaved_medians({
+        "bare_forward_ms": bare_forward,
+        "model_forward_ms": model_forward,
+        "preprocess_ms": lambda: (predictor.processor.preprocess_images(load_rgb_image(image)),
+                                  predictor.encode_metadata(METADATA)),
+        "bare_forward_backward_ms": bare_forward_backward,
+        "predictor_ms": lambda: predictor.predict(image, METADATA),
+        "predictor_onnx_ms": lambda: onnx_predictor.predict(image, METADATA),
+        "predictor_gradcam_ms": lambda: predictor.predict(image, METADATA, explain=True),
+        "predictor_tta_ms": lambda: predictor.predict(image, METADATA, tta=True),
+    }, runs)
+    timings["predictor_overhead"] = timings["predictor_ms"] / timings["bare_forward_ms"] - 1
+    timings["predictor_onnx_vs_bare"] = timings["predictor_onnx_ms"] / timings["bare_forward_ms"]
+    timings["gradcam_vs_forward_backward"] = timings["predictor_gradcam_ms"] / timings["bare_forward_backward_ms"]
+    timings["gradcam_vs_forward"] = timings["predictor_gradcam_ms"] / timings["bare_forward_ms"]
+    return timings
+
+
+def markdown(results: dict[str, dict[str, float]], info: dict[str, object], runs: int) -> str:
+    lines = [
+        f"Batch 1, median of {runs} interleaved runs after 3 warm-up runs; {info['cpu']} ({info['logical_cpus']} "
+        f"logical CPUs), {info['torch_threads']} torch threads, torch {info['torch']}, timm {info['timm']}; load "
+        f"average {info['load_average_1min']} at the end. Bare model: eval, channels-last, inference mode.",
+        "",
+        "| backbone | bare forward | bare fwd+bwd | predictor | overhead (≤ 10%) | predictor, ONNX Runtime (÷ bare) "
+        "| + Grad-CAM | Grad-CAM / fwd+bwd (≤ 1) | + TTA (8 views) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, t in results.items():
+        lines.append(
+            f"| {name} | {t['bare_forward_ms']:.1f} ms | {t['bare_forward_backward_ms']:.1f} ms | "
+            f"{t['predictor_ms']:.1f} ms | {100 * t['predictor_overhead']:+.1f}% | {t['predictor_onnx_ms']:.1f} ms "
+            f"({t['predictor_onnx_vs_bare']:.2f}×) | {t['predictor_gradcam_ms']:.1f} ms "
+            f"| {t['gradcam_vs_forward_backward']:.2f} | {t['predictor_tta_ms']:.1f} ms |"
+        )
+    lines += ["", "Where the predictor's time goes (same runs): image checks + resize/crop/normalise + metadata "
+              "encoding, and the SkinFusion model's forward (backbone + metadata MLP + head) on prepared tensors.", "",
+              "| backbone | preprocessing | model forward | bare forward |", "|---|---|---|---|"]
+    lines += [f"| {name} | {t['preprocess_ms']:.2f} ms | {t['model_forward_ms']:.1f} ms | "
+              f"{t['bare_forward_ms']:.1f} ms |" for name, t in results.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", nargs="+", default=["tf_efficientnet_lite0:224"],
+                        help="timm name:size pairs, e.g. tf_efficientnet_lite0:224 tf_efficientnet_b4:380")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results = {}
+    for spec in args.backbones:
+        backbone, size = spec.split(":")
+        results[f"{backbone} @ {size}"] = bench_backbone(backbone, int(size), args.runs, args.threads)
+    info = machine_info()
+    table = markdown(results, info, args.runs)
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.threads == 2 else f"_{args.threads}threads"
+    report = {"machine": info, "runs": args.runs, "results": results}
+    (RESULTS / f"app_latency{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"app_latency{suffix}.md").write_text("# App latency\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
