@@ -84,15 +84,21 @@ def pipeline_trainer(
 
 
 class StepTimes(TrainerCallback):
-    """Seconds of each optimizer step of a `train()` call, from one step's end to the next (batch fetch included);
-    the first is measured from the start of training, so it holds the data loader's start-up."""
+    """Seconds of each optimizer step of a `train()` call, from one step's end to the next (batch fetch included),
+    and of its data wait: from the previous step's end to this step's start, where the Trainer fetches the batch (in
+    the main process with 0 workers, from the workers' queue otherwise). The first step is measured from the start of
+    training, so it holds the data loader's start-up."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.data_waits: list[float] = []
         self._last = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.times, self._last = [], time.perf_counter()
+        self.times, self.data_waits, self._last = [], [], time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.data_waits.append(time.perf_counter() - self._last)
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()
@@ -100,15 +106,15 @@ class StepTimes(TrainerCallback):
         self._last = now
 
 
-def pipeline_block(trainer: SkinFusionTrainer, timer: StepTimes, steps: int) -> list[float]:
+def pipeline_block(trainer: SkinFusionTrainer, timer: StepTimes, steps: int) -> tuple[list[float], list[float]]:
     trainer.args.max_steps = steps
     trainer.train()
-    return list(timer.times)
+    return list(timer.times), list(timer.data_waits)
 
 
 def bare_block(
     model: SkinFusionForImageClassification, optimizer: torch.optim.Optimizer, batches: list[dict], steps: int
-) -> list[float]:
+) -> tuple[list[float], list[float]]:
     times = []
     model.train()
     for step in range(steps):
@@ -118,7 +124,7 @@ def bare_block(
         optimizer.step()
         optimizer.zero_grad()
         times.append(time.perf_counter() - start)
-    return times
+    return times, [0.0] * steps  # its batches are ready
 
 
 def pretransformed_batches(trainer: SkinFusionTrainer, batch_size: int, count: int) -> list[dict]:
@@ -166,7 +172,7 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         optimizer = torch.optim.AdamW(bare_model.parameters(), lr=first_trainer.args.learning_rate,
                                       weight_decay=first_trainer.args.weight_decay)
 
-        def block(name: str, steps: int) -> list[float]:
+        def block(name: str, steps: int) -> tuple[list[float], list[float]]:
             if name == BARE:
                 return bare_block(bare_model, optimizer, batches, steps)
             return pipeline_block(*trainers[name], steps)
@@ -176,22 +182,26 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
             block(name, args.warmup)
         shuffler = random.Random(0)
         times: dict[str, list[float]] = {name: [] for name in names}
+        waits: dict[str, list[float]] = {name: [] for name in names}
         first_step: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.rounds):
             shuffler.shuffle(names)
             for name in names:
-                block_times = block(name, args.block_warmup + args.steps)
+                block_times, block_waits = block(name, args.block_warmup + args.steps)
                 first_step[name].append(block_times[0])
                 times[name] += block_times[args.block_warmup:]
+                waits[name] += block_waits[args.block_warmup:]
     return {
         "data": data or "embedded synthetic set", "synthetic": synthetic, "load_s": load_s, "weights": provenance,
         "train_images": len(lesions.splits["train"]), "default_variant": default_name,
-        "default_workers": default_workers, "step_s": times, "first_step_of_block_s": first_step,
-        **summarise(times, first_step, args.batch_size),
+        "default_workers": default_workers, "step_s": times, "data_wait_s": waits,
+        "first_step_of_block_s": first_step, **summarise(times, waits, first_step, args.batch_size),
     }
 
 
-def summarise(times: dict[str, list[float]], first_step: dict[str, list[float]], batch_size: int) -> dict[str, object]:
+def summarise(
+    times: dict[str, list[float]], waits: dict[str, list[float]], first_step: dict[str, list[float]], batch_size: int
+) -> dict[str, object]:
     medians = {name: statistics.median(values) for name, values in times.items()}
     bests = {name: min(values) for name, values in times.items()}
     return {
@@ -200,6 +210,8 @@ def summarise(times: dict[str, list[float]], first_step: dict[str, list[float]],
                        ((name, statistics.quantiles(values, n=4)) for name, values in times.items())},
         "best_step_s": bests,
         "images_per_s": {name: batch_size / t for name, t in medians.items()},
+        "median_data_wait_s": {name: statistics.median(values) for name, values in waits.items()},
+        "data_wait_share": {name: sum(waits[name]) / sum(times[name]) for name in times},
         "median_first_step_s": {name: statistics.median(values) for name, values in first_step.items()},
         "ratio_to_bare": {
             "median": {name: medians[BARE] / t for name, t in medians.items() if name != BARE},
@@ -222,8 +234,9 @@ def markdown(results: dict[str, object], info: dict[str, object], args: argparse
         f"{info['load_average_1min']} at the end."),
         "",
         ("| variant | step median (s) | interquartile range (s) | best (s) | images / s (median) | vs bare, medians "
-         "| vs bare, bests | first step of a block (s) |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+         "| vs bare, bests | data wait per step, median (s) | data wait, share of step time "
+         "| first step of a block (s) |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, median in results["median_step_s"].items():
         q = results["iqr_step_s"][name]
@@ -233,7 +246,8 @@ def markdown(results: dict[str, object], info: dict[str, object], args: argparse
         lines.append(
             f"| {label} | {median:.2f} | {q[0]:.2f}–{q[1]:.2f} | {results['best_step_s'][name]:.2f} "
             f"| {results['images_per_s'][name]:.2f} | {'' if ratio is None else f'{ratio:.3f}'} "
-            f"| {'' if best_ratio is None else f'{best_ratio:.3f}'} | {results['median_first_step_s'][name]:.2f} |"
+            f"| {'' if best_ratio is None else f'{best_ratio:.3f}'} | {results['median_data_wait_s'][name]:.3f} "
+            f"| {results['data_wait_share'][name]:.1%} | {results['median_first_step_s'][name]:.2f} |"
         )
     lines += ["", "| target (on medians) | measured | met |", "|---|---|---|"]
     lines += [f"| {target} | {measured} | {'yes' if met else '**NO**'} |" for target, measured, met in targets(results)]
