@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import psutil
 
@@ -30,26 +31,40 @@ MIB = 2**20
 
 
 class PeakRSS:
-    """Samples this process's RSS with psutil in a background thread; `peak` is the largest value seen."""
+    """Samples this process's RSS with psutil in a background thread; `peak` is the largest value seen.
 
-    def __init__(self, interval: float = 0.002) -> None:
-        self.process, self.interval, self.peak = psutil.Process(), interval, 0
+    With `children=True` the RSS of its child processes (data-loader workers) is added; pages a forked child still
+    shares with its parent then count twice, so that sum is an upper bound.
+    """
+
+    def __init__(self, interval: float = 0.002, children: bool = False) -> None:
+        self.process, self.interval, self.children, self.peak = psutil.Process(), interval, children, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
+    def rss(self) -> int:
+        total = self.process.memory_info().rss
+        if self.children:
+            for child in self.process.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.NoSuchProcess:  # a worker that ended between the listing and the reading
+                    pass
+        return total
+
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.peak = max(self.peak, self.rss())
             time.sleep(self.interval)
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.peak = max(self.peak, self.rss())
 
 
 def measure(data: str, size: int) -> dict[str, float]:
@@ -81,11 +96,12 @@ def measure(data: str, size: int) -> dict[str, float]:
     }
 
 
-def run_fresh(data: str, size: int) -> dict[str, float]:
-    """Run `measure` in a child process with its own empty `datasets` cache."""
+def run_fresh(data: str, size: int, script: str = __file__, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """Run `script --worker` (this file's `measure` by default) in a child process with its own empty `datasets`
+    cache; it prints its measurements as one JSON line."""
     with tempfile.TemporaryDirectory(prefix="skin_fusion_bench_") as cache:
         env = {**os.environ, "HF_DATASETS_CACHE": cache, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        command = [sys.executable, __file__, "--worker", "--data", data, "--sizes", str(size)]
+        command = [sys.executable, script, "--worker", "--data", data, "--sizes", str(size), *extra]
         child = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=False)
     if child.returncode != 0:
         raise SystemExit(f"measuring {size} images failed (exit {child.returncode}); see the error above.")
@@ -94,8 +110,8 @@ def run_fresh(data: str, size: int) -> dict[str, float]:
 
 def table(results: list[dict[str, float]]) -> str:
     lines = [
-        "| images | load (s) | decode all once (s) | images/s | RSS before load (MiB) | RSS after load (MiB) "
-        "| peak RSS, psutil (MiB) | peak RSS, kernel (MiB) |",
+        ("| images | load (s) | decode all once (s) | images/s | RSS before load (MiB) | RSS after load (MiB) "
+         "| peak RSS, psutil (MiB) | peak RSS, kernel (MiB) |"),
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
