@@ -269,7 +269,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"measured {results['total_wall_seconds'] / 60:.1f} min in all ("
         + "; ".join(f"`{i['command']}` {i['wall_seconds'] / 60:.1f} min, started {i['started']}, load average "
                     f"{i['load_average_1min_at_start']}" for i in results["invocations"])
-        + "). Backbone `{results['backbone']}` at "
+        + f"). Backbone `{results['backbone']}` at "
         f"{results['image_size']} px with offline ImageNet Lite weights, frozen; the metadata MLP and the head train "
         "on cached pooled features (class-weighted loss, early stopping on validation balanced accuracy), then a "
         "temperature is fitted on validation. Backbone choice: " + results["backbone_choice"] + ".",
