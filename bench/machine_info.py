@@ -5,8 +5,12 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import sys
 import time
 from pathlib import Path
+
+# The bench scripts run from a checkout (the package is not installed): make `skin_fusion` importable from here.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def cpu_busy(seconds: float = 1.0) -> float:
@@ -26,15 +30,6 @@ def cpu_busy(seconds: float = 1.0) -> float:
     return (busy_1 - busy_0) / max(total_1 - total_0, 1)
 
 
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict[str, object]:
     """Date, CPU, versions and the 1-minute load average, for a result file."""
     import datasets
@@ -42,9 +37,11 @@ def machine_info() -> dict[str, object]:
     import torch
     import transformers
 
+    from skin_fusion.experiments import cpu_model
+
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "transformers": transformers.__version__, "datasets": datasets.__version__,
         "timm": timm.__version__, "python": platform.python_version(),
         "load_average_1min": round(os.getloadavg()[0], 2),

@@ -67,6 +67,8 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     tol = PROBABILITY_TOLERANCE
     if probs.min() < -tol or probs.max() > 1 + tol or np.abs(probs.sum(axis=1) - 1).max() > tol:
         raise ValueError("`probs` must be probabilities in [0, 1] with rows summing to 1; apply a softmax to logits.")
+    # The same binning as lesion_metrics' ECE, which must stay a self-contained script (`evaluate` loads it by
+    # path); importing it here would also import `evaluate` (about 12 s).
     confidences = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
