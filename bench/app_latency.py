@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import timm
 import torch
 from PIL import Image
@@ -34,14 +33,9 @@ from PIL import Image
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
+from bench_model import fusion_model  # noqa: E402
 from machine_info import machine_info  # noqa: E402
 
-from skin_fusion import (  # noqa: E402
-    MetadataEncoder,
-    SkinFusionConfig,
-    SkinFusionForImageClassification,
-    SkinFusionProcessor,
-)
 from skin_fusion.image_io import load_rgb_image  # noqa: E402
 from skin_fusion.inference import SkinFusionPredictor  # noqa: E402
 
@@ -64,13 +58,9 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup:
 
 
 def saved_model(backbone: str, image_size: int, directory: Path) -> Path:
-    """A fusion model on `backbone` with a metadata encoder fitted on a few rows, saved with its processor."""
-    rows = pd.DataFrame({"age": [40, 55, 70, None], "sex": ["male", "female", "male", None],
-                         "anatom_site_general": ["head/neck", "back", "lower extremity", "back"]})
-    encoder = MetadataEncoder.fit(rows, ["age"], ["sex", "anatom_site_general"])
-    processor = SkinFusionProcessor.for_backbone(backbone, image_size, metadata_encoder=encoder)
-    config = SkinFusionConfig(backbone=backbone, image_size=image_size, **processor.metadata_schema())
-    SkinFusionForImageClassification(config).save_pretrained(directory)
+    """`bench_model.fusion_model` on `backbone` (random weights) saved with its processor."""
+    model, processor = fusion_model(backbone, image_size)
+    model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
 

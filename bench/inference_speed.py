@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-import pandas as pd
 import timm
 import torch
 from torch import nn
@@ -39,23 +38,15 @@ from torch import nn
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
+from bench_model import METADATA_ROWS, fusion_model  # noqa: E402
 from machine_info import cpu_busy, machine_info  # noqa: E402
 
-from skin_fusion import (  # noqa: E402
-    MetadataEncoder,
-    SkinFusionConfig,
-    SkinFusionForImageClassification,
-    SkinFusionProcessor,
-)
+from skin_fusion import MetadataEncoder, SkinFusionForImageClassification  # noqa: E402
 from skin_fusion.backbone_weights import load_backbone_weights  # noqa: E402
 from skin_fusion.lite_weights import has_lite_weights  # noqa: E402
 from skin_fusion.onnx_export import ATOL, RTOL, OnnxSkinFusion, export_onnx  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METADATA_ROWS = pd.DataFrame({
-    "age": [40, 55, 70, None], "sex": ["male", "female", "male", None],
-    "anatom_site_general": ["head/neck", "posterior torso", "lower extremity", None],
-})
 BATCH_SIZES = (1, 8)
 VARIANTS = (
     "bare eager", "bare channels_last", "SkinFusion eager", "SkinFusion channels_last", "SkinFusion ONNX Runtime",
@@ -75,20 +66,15 @@ def build_models(
 ) -> tuple[SkinFusionForImageClassification, nn.Module, MetadataEncoder, str]:
     """The fusion model (offline Lite weights when they exist, else random), the bare timm classifier with the same
     backbone weights, the fitted metadata encoder, and where the weights came from."""
-    encoder = MetadataEncoder.fit(METADATA_ROWS, ["age"], ["sex", "anatom_site_general"])
-    processor = SkinFusionProcessor.for_backbone(backbone, image_size, metadata_encoder=encoder)
-    weights = "lite" if has_lite_weights(backbone) else "none"
-    config = SkinFusionConfig(backbone=backbone, image_size=image_size, backbone_weights=weights,
-                              **processor.metadata_schema())
-    fusion = SkinFusionForImageClassification(config)
+    fusion, processor = fusion_model(backbone, image_size, "lite" if has_lite_weights(backbone) else "none")
     provenance = load_backbone_weights(fusion)
-    bare = timm.create_model(backbone, pretrained=False, num_classes=config.num_labels)
+    bare = timm.create_model(backbone, pretrained=False, num_classes=fusion.config.num_labels)
     missing, unexpected = bare.load_state_dict(fusion.skin_fusion.backbone.state_dict(), strict=False)
     classifier = bare.pretrained_cfg["classifier"]
     if unexpected or any(not key.startswith(f"{classifier}.") for key in missing):
         raise RuntimeError(f"the bare {backbone} does not take SkinFusion's backbone weights: missing {missing}, "
                            f"unexpected {unexpected}")
-    return fusion.eval(), bare.eval(), encoder, provenance
+    return fusion.eval(), bare.eval(), processor.encoder, provenance
 
 
 def interleaved_times(

@@ -36,15 +36,15 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
-from machine_info import cpu_busy, machine_info
+from machine_info import cpu_busy, machine_info  # noqa: E402
 
-from skin_fusion.backbone_weights import load_backbone_weights
-from skin_fusion.data import LesionDataset
-from skin_fusion.fine_tuning import SkinFusionTrainer
-from skin_fusion.modeling_skin_fusion import SkinFusionForImageClassification
-from skin_fusion.runtime import configure_torch_threads
-from skin_fusion.training import build_processor_and_config, load_training_data, training_split
-from skin_fusion.training_args import (
+from skin_fusion.backbone_weights import load_backbone_weights  # noqa: E402
+from skin_fusion.data import LesionDataset  # noqa: E402
+from skin_fusion.fine_tuning import SkinFusionTrainer  # noqa: E402
+from skin_fusion.modeling_skin_fusion import SkinFusionForImageClassification  # noqa: E402
+from skin_fusion.runtime import configure_torch_threads  # noqa: E402
+from skin_fusion.training import build_processor_and_config, load_training_data, training_split  # noqa: E402
+from skin_fusion.training_args import (  # noqa: E402
     DataArguments,
     ModelArguments,
     SkinFusionTrainingArguments,
