@@ -1,14 +1,19 @@
-"""Shared test set-up: offline Hub, quiet Gradio, two CPU threads."""
+"""Shared test set-up: offline Hub, quiet Gradio, two CPU threads; a saved tiny fusion model and its predictor."""
 
 import os
 from pathlib import Path
 
-import datasets
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+# Imported after the environment above: huggingface_hub and datasets read it when they are imported.
+import datasets  # noqa: E402
+
+from skin_fusion.inference import SkinFusionPredictor  # noqa: E402
+from tests.app_fixtures import save_tiny_model  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -27,3 +32,14 @@ def datasets_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_datasets_cache"))
         yield
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny fusion model saved with its processor (one per test module)."""
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir) -> SkinFusionPredictor:
+    return SkinFusionPredictor.from_pretrained(model_dir)

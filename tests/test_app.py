@@ -21,22 +21,11 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 
 import app
 from skin_fusion.image_io import MAX_UPLOAD_BYTES
-from skin_fusion.inference import SkinFusionPredictor
 from skin_fusion.synthetic import generate_synthetic_lesions
-from tests.app_fixtures import lesion_image, running_app, save_tiny_model
+from tests.app_fixtures import lesion_image, running_app
 
 REPO = Path(__file__).resolve().parents[1]
 METADATA = {"age": 55, "sex": "female", "anatom_site_general": "face"}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def predictor(model_dir) -> SkinFusionPredictor:
-    return SkinFusionPredictor.from_pretrained(model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,16 +14,6 @@ from skin_fusion.inference import ModelNotFoundError, SkinFusionPredictor, centr
 from tests.app_fixtures import lesion_image, save_tiny_model, symmetric_lesion
 
 METADATA = {"age": 55, "sex": "female", "anatom_site_general": "face"}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("fusion"))
-
-
-@pytest.fixture(scope="module")
-def predictor(model_dir) -> SkinFusionPredictor:
-    return SkinFusionPredictor.from_pretrained(model_dir)
 
 
 def test_probabilities_are_the_models_softmax(predictor, model_dir):
