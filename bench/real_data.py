@@ -438,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     argv = sys.argv[1:] if argv is None else argv
     options = parse_arguments(argv)
+    missing = sorted({"ham10000" if name.startswith("ham10000") else name for name in options.datasets}
+                     - {path.name for path in options.data_dir.glob("*") if path.is_dir()})
+    if missing:
+        raise SystemExit(f"error: no {', '.join(missing)} folder in {options.data_dir}. Pass --data_dir with the "
+                         "shared data sets (see ../shared/data/README.md) or choose others with --datasets.")
     results = run_all(options, argv)
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / "real_data.json").write_text(json.dumps(results, indent=2))
