@@ -14,7 +14,11 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
+from .metrics import balanced_accuracy
+
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+# Strengths of the post-hoc logit adjustment tried on validation data (0 = the most probable class is the decision).
+ADJUSTMENT_STRENGTHS = tuple(np.round(np.arange(0.0, 2.01, 0.1), 2))
 # Slack for probabilities computed in float32.
 PROBABILITY_TOLERANCE = 1e-3
 
@@ -126,3 +130,31 @@ def apply_temperature(logits: torch.Tensor | np.ndarray, temperature: float) -> 
     if isinstance(logits, torch.Tensor):
         return logits / temperature
     return np.asarray(logits) / temperature
+
+
+def fit_decision_offsets(
+    logits: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    class_prior: np.ndarray,
+    strengths: tuple[float, ...] = ADJUSTMENT_STRENGTHS,
+) -> tuple[list[float], float]:
+    """Post-hoc logit adjustment (Menon et al. 2021): offsets `-tau * log(prior)` with the `tau` of `strengths` that
+    maximises balanced accuracy on held-out (logits, labels); ties go to the smaller `tau`.
+
+    Args:
+        logits: calibrated held-out logits, shape (n, C).
+        labels: true class indices, shape (n,).
+        class_prior: class frequencies of the training data, shape (C,), all positive.
+
+    Returns:
+        The per-class offsets (added to log-probabilities before the arg-max) and the chosen `tau`.
+    """
+    logits, labels = _as_numpy(logits).astype(np.float64), _as_numpy(labels)
+    _check_scores_and_labels(logits, labels, "logits")
+    prior = np.asarray(class_prior, dtype=np.float64)
+    if prior.shape != (logits.shape[1],) or (prior <= 0).any():
+        raise ValueError(f"`class_prior` must hold {logits.shape[1]} positive class frequencies; got {class_prior}.")
+    log_probabilities, log_prior = log_softmax(logits, axis=1), np.log(prior / prior.sum())
+    scores = [balanced_accuracy(labels, (log_probabilities - tau * log_prior).argmax(axis=1)) for tau in strengths]
+    tau = float(strengths[int(np.argmax(scores))])
+    return [float(v) for v in -tau * log_prior], tau

@@ -50,6 +50,20 @@ class SkinFusionConfig(PreTrainedConfig):
             Per-class weights of the cross-entropy loss (for class-weighted balancing).
         temperature (`float`, defaults to 1.0):
             Logits are divided by it; calibration after training sets it (1.0 = uncalibrated).
+        label_smoothing (`float`, defaults to 0.0):
+            Label smoothing of the cross-entropy loss.
+        metadata_dropout (`float`, defaults to 0.0):
+            In training, the probability that each metadata field of a row is replaced by "not recorded", so that the
+            model learns to classify with fields missing.
+        metadata_row_dropout (`float`, defaults to 0.0):
+            In training, the probability that a whole metadata row is replaced by "nothing recorded".
+        missing_metadata (`list[float]`, *optional*):
+            The encoded row with nothing recorded (the processor's `encode_metadata([{}])`): what a dropped field
+            becomes. Needed when either dropout is above zero.
+        decision_offsets (`list[float]`, *optional*):
+            Per-class offsets added to the calibrated log-probabilities before the arg-max that picks the predicted
+            class (post-hoc logit adjustment: rare classes raised so that balanced accuracy is maximised). The
+            probabilities themselves stay calibrated. `None` means the most probable class is the prediction.
     """
 
     model_type = "skin_fusion"
@@ -66,6 +80,11 @@ class SkinFusionConfig(PreTrainedConfig):
     dropout: float = 0.3
     class_weights: list[float] | None = None
     temperature: float = 1.0
+    label_smoothing: float = 0.0
+    metadata_dropout: float = 0.0
+    metadata_row_dropout: float = 0.0
+    missing_metadata: list[float] | None = None
+    decision_offsets: list[float] | None = None
 
     def __post_init__(self, **kwargs) -> None:
         if self.id2label is None and kwargs.get("num_labels") is None:
@@ -90,9 +109,14 @@ class SkinFusionConfig(PreTrainedConfig):
         return self.modality in ("fusion", "metadata")
 
     @property
+    def metadata_field_widths(self) -> list[int]:
+        """Encoded columns of each metadata field, in encoding order: 2 per numeric, vocabulary + 1 per categorical."""
+        return [2] * len(self.numeric_features) + [len(v) + 1 for v in self.categorical_features.values()]
+
+    @property
     def metadata_dim(self) -> int:
         """Length of the encoded metadata vector: (value, missing) per numeric, one-hot + missing per categorical."""
-        return 2 * len(self.numeric_features) + sum(len(v) + 1 for v in self.categorical_features.values())
+        return sum(self.metadata_field_widths)
 
     def check(self) -> None:
         """Raise a `ValueError` that says how to fix the first invalid setting."""
@@ -140,3 +164,16 @@ class SkinFusionConfig(PreTrainedConfig):
             )
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be positive (1.0 means uncalibrated).")
+        for name in ("label_smoothing", "metadata_dropout", "metadata_row_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be a probability in [0, 1].")
+        masking = self.uses_metadata and (self.metadata_dropout > 0 or self.metadata_row_dropout > 0)
+        if masking and (self.missing_metadata is None or len(self.missing_metadata) != self.metadata_dim):
+            raise ValueError(
+                f"metadata_dropout / metadata_row_dropout need `missing_metadata`, the encoded row with nothing "
+                f"recorded ({self.metadata_dim} numbers): pass `processor.encode_metadata([{{}}])[0].tolist()`."
+            )
+        if self.decision_offsets is not None and len(self.decision_offsets) != self.num_labels:
+            raise ValueError(
+                f"decision_offsets must hold {self.num_labels} numbers (one per label), got {self.decision_offsets}."
+            )

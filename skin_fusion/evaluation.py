@@ -15,15 +15,18 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from .calibration import expected_calibration_error  # noqa: E402
-from .metrics import load_lesion_metric  # noqa: E402
+from .metrics import balanced_accuracy, load_lesion_metric  # noqa: E402
 
 AGE_BANDS = (0, 30, 45, 60, 75, 200)
 MIN_SUBGROUP_SIZE = 5
 
 
-def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict[str, Any]:
-    """Every metric of the shipped `evaluate` module (confusion matrix and per-class lists included)."""
-    metric = load_lesion_metric(len(label_names), keep_in_memory=True)
+def evaluate_probabilities(
+    probabilities: np.ndarray, labels: np.ndarray, label_names: list[str], decision_offsets: list[float] | None = None
+) -> dict[str, Any]:
+    """Every metric of the shipped `evaluate` module (confusion matrix and per-class lists included); decisions are
+    the arg-max of the log-probabilities plus `decision_offsets` (see `SkinFusionConfig.decision_offsets`)."""
+    metric = load_lesion_metric(len(label_names), keep_in_memory=True, decision_offsets=decision_offsets)
     return metric.compute(predictions=probabilities, references=labels)
 
 
@@ -41,22 +44,16 @@ def age_band(age: Any) -> str:
     return "unknown"
 
 
-def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float | None:
-    """Mean recall over the classes present in `labels` (sklearn's definition); `None` with fewer than two."""
-    present = np.unique(labels)
-    if len(present) < 2:
-        return None
-    return float(np.mean([(predicted[labels == c] == c).mean() for c in present]))
-
-
 def subgroup_metrics(
-    metadata: pd.DataFrame, probabilities: np.ndarray, labels: np.ndarray, columns: list[str]
+    metadata: pd.DataFrame, probabilities: np.ndarray, labels: np.ndarray, columns: list[str],
+    predicted: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Accuracy, balanced accuracy and ECE per value of each metadata column (numeric ones in age bands).
 
     Subgroups smaller than `MIN_SUBGROUP_SIZE` are reported with their size only: their metrics would be noise.
+    `predicted` are the model's decisions (default: the most probable class).
     """
-    predicted = probabilities.argmax(axis=1)
+    predicted = probabilities.argmax(axis=1) if predicted is None else predicted
     rows: list[dict[str, Any]] = []
     for column in columns:
         values = metadata[column]
@@ -110,6 +107,34 @@ def plot_roc_curves(probabilities: np.ndarray, labels: np.ndarray, label_names: 
     axes.set_ylabel("true positive rate")
     axes.set_title("ROC, one vs rest (test split)")
     axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Training loss, validation loss and validation balanced accuracy by epoch (the Trainer's `log_history`), as a
+    PNG; `None` when the run logged no evaluation."""
+    train = [(row["epoch"], row["loss"]) for row in log_history if "loss" in row and "epoch" in row]
+    evaluation = [row for row in log_history if "eval_loss" in row]
+    if not evaluation:
+        return None
+    figure, (loss_axes, score_axes) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if train:
+        loss_axes.plot(*zip(*train), label="training loss", linewidth=1)
+    loss_axes.plot([row["epoch"] for row in evaluation], [row["eval_loss"] for row in evaluation], marker="o",
+                   label="validation loss")
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_title("Loss")
+    loss_axes.legend(fontsize=8)
+    for key, name in (("eval_balanced_accuracy", "balanced accuracy"), ("eval_macro_auc", "macro AUC")):
+        if key in evaluation[0]:
+            score_axes.plot([row["epoch"] for row in evaluation], [row[key] for row in evaluation], marker="o",
+                            label=name)
+    score_axes.set_xlabel("epoch")
+    score_axes.set_title("Validation (the best epoch is kept)")
+    score_axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

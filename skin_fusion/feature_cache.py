@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
 from datasets.fingerprint import Hasher
 from torch import nn
+from transformers import default_data_collator
 
 from .balancing import smote_features
 from .processing_skin_fusion import SkinFusionProcessor
@@ -166,7 +169,35 @@ def smote_inputs(inputs: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarr
     return {"labels": np.asarray(labels, dtype=np.int64), **dict(zip(names, columns))}
 
 
-def inputs_dataset(inputs: dict[str, np.ndarray]) -> datasets.Dataset:
-    """An in-memory torch-formatted `Dataset` of the inputs, which `default_data_collator` batches for the model."""
-    columns = {key: value.astype(np.float32) if key != "labels" else value for key, value in inputs.items()}
-    return datasets.Dataset.from_dict(columns).with_format("torch")
+def withhold_metadata(inputs: dict[str, np.ndarray], processor: SkinFusionProcessor) -> dict[str, np.ndarray]:
+    """The inputs with every metadata row encoded as "nothing recorded" (what an empty form gives the model)."""
+    nothing_recorded = processor.encode_metadata([{}]).numpy()
+    return {**inputs, "metadata": np.repeat(nothing_recorded, len(inputs["labels"]), axis=0)}
+
+
+class CachedInputs(torch.utils.data.Dataset):
+    """Model inputs held in memory as tensors, served a batch at a time.
+
+    `__getitems__` gives the DataLoader a whole batch with one indexing operation per column; a row-by-row dataset
+    builds and collates a dict per row, which on cached features costs more than the model's own step.
+    """
+
+    def __init__(self, inputs: dict[str, np.ndarray]) -> None:
+        self.columns = {key: torch.from_numpy(np.ascontiguousarray(value if key == "labels" else
+                                                                   value.astype(np.float32)))
+                        for key, value in inputs.items()}
+
+    def __len__(self) -> int:
+        return len(self.columns["labels"])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: column[index] for key, column in self.columns.items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(indices)
+        return {key: column[rows] for key, column in self.columns.items()}
+
+
+def collate_inputs(features: list[Mapping[str, Any]] | Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The Trainer's collator: a batch `CachedInputs` already made passes through; rows are stacked as usual."""
+    return dict(features) if isinstance(features, Mapping) else default_data_collator(features)

@@ -65,6 +65,36 @@ class BackboneFreezeCallback(TrainerCallback):
             model.skin_fusion.freeze_backbone(int(state.epoch or 0) < self.freeze_epochs)
 
 
+class BestWeightsInMemoryCallback(TrainerCallback):
+    """Keeps the weights of the best evaluation so far in memory and restores them when training ends.
+
+    For heads trained on cached features an epoch takes well under a second, less than writing a checkpoint of the
+    whole model (backbone included) to disk; such runs need no resuming, so they keep their best weights here instead
+    of in checkpoints (`save_strategy="no"`).
+    """
+
+    def __init__(self) -> None:
+        self.best_metric: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        value = (metrics or {}).get(f"eval_{args.metric_for_best_model}")
+        if model is None or value is None:
+            return
+        better = self.best_metric is None or (value > self.best_metric if args.greater_is_better
+                                              else value < self.best_metric)
+        if better:
+            self.best_metric = value
+            # Only trainable parameters change; the frozen backbone is shared, not copied.
+            self.best_state = {name: p.detach().clone() for name, p in model.named_parameters()
+                               if not name.startswith("skin_fusion.backbone.")}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if model is not None and self.best_state is not None:
+            model.load_state_dict(self.best_state, strict=False)
+            state.best_metric = self.best_metric
+
+
 class SkinFusionTrainer(Trainer):
     """`Trainer` with the study's two learning rates and an optional class-balancing sampler."""
 

@@ -52,6 +52,14 @@ def load_lesion_metric(num_classes: int, **kwargs: Any) -> evaluate.EvaluationMo
         ) from error
 
 
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float | None:
+    """Mean recall over the classes present in `labels` (sklearn's definition); `None` with fewer than two."""
+    present = np.unique(labels)
+    if len(present) < 2:
+        return None
+    return float(np.mean([(predicted[labels == c] == c).mean() for c in present]))
+
+
 def logits_from(predictions: np.ndarray | tuple) -> np.ndarray:
     """The logits array of `EvalPrediction.predictions`; a model returning extra outputs gives a tuple, logits first."""
     if isinstance(predictions, (tuple, list)):

@@ -1,4 +1,4 @@
-"""The model card (`README.md` beside the weights), rendered from the top-level `model_card.md` template."""
+"""The model card (`README.md` beside the weights), rendered from the package's `templates/model_card.md`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 CARD_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auc", "ece")
 
 
@@ -42,6 +42,10 @@ class ModelCardFacts:
     training: dict[str, Any] = field(default_factory=dict)
     base_model: str | None = None
     hub_dataset: str | None = None
+    test_metrics_without_metadata: dict[str, float] | None = None
+    image_only_test_metrics: dict[str, float] | None = None
+    decision_strength: float = 0.0
+    curves: bool = False  # training_curves.png is beside the card
 
 
 def _fmt(value: Any) -> str:
@@ -71,10 +75,22 @@ def card_data(facts: ModelCardFacts) -> ModelCardData:
     )
 
 
+def three_ways(facts: ModelCardFacts) -> list[dict[str, str]]:
+    """Rows of the with / without metadata table (empty for a model that reads no metadata)."""
+    if facts.test_metrics_without_metadata is None:
+        return []
+    rows = [("metadata as recorded", facts.test_metrics), ("nothing recorded", facts.test_metrics_without_metadata)]
+    if facts.image_only_test_metrics is not None:
+        rows.append(("image-only model", facts.image_only_test_metrics))
+    return [{"name": name, **{key: _fmt(metrics.get(key)) for key in ("balanced_accuracy", "macro_auc", "ece")}}
+            for name, metrics in rows]
+
+
 def render_model_card(facts: ModelCardFacts, template_path: Path = MODEL_CARD_TEMPLATE) -> ModelCard:
     """The filled-in card; its YAML parses with `huggingface_hub.ModelCard`."""
     if not template_path.is_file():
-        raise FileNotFoundError(f"Model card template {template_path} is missing; restore model_card.md.")
+        raise FileNotFoundError(f"Model card template {template_path} is missing; reinstall skin_fusion with its "
+                                "package data (templates/model_card.md).")
     results = facts.test_results
     per_class = [
         {"name": name, "precision": _fmt(results["precision"][i]), "recall": _fmt(results["recall"][i]),
@@ -102,6 +118,7 @@ def render_model_card(facts: ModelCardFacts, template_path: Path = MODEL_CARD_TE
         split_sizes=", ".join(f"{k} {v}" for k, v in facts.split_sizes.items()),
         train_counts=", ".join(f"{k} {v}" for k, v in facts.train_counts.items()),
         unfreeze_description="all blocks" if not unfreeze else f"last {unfreeze} blocks",
+        three_ways=three_ways(facts), decision_strength=facts.decision_strength, curves=facts.curves,
         **{k: v for k, v in training.items() if k not in ("unfreeze_last_blocks", "min_subgroup")},
     )
     return card

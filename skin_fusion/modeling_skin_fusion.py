@@ -20,6 +20,34 @@ def dense_stack(in_features: int, widths: list[int], dropout: float) -> nn.Seque
     return nn.Sequential(*layers)
 
 
+class MetadataMasking(nn.Module):
+    """In training, replaces each metadata field (probability `field_probability`) or a whole row (probability
+    `row_probability`) by its "not recorded" encoding; in evaluation it passes the metadata through.
+
+    A model that only ever saw complete rows has never learned what "not recorded" means, and classifies a visitor who
+    leaves the form empty as if the imputed typical patient were real.
+    """
+
+    def __init__(self, field_widths: list[int], missing_row: list[float], field_probability: float,
+                 row_probability: float) -> None:
+        super().__init__()
+        self.field_probability, self.row_probability = field_probability, row_probability
+        # Which field each encoded column belongs to: a field is dropped as a whole (value and missing flag together).
+        # Plain lists, not buffers: they follow from the config and are never loaded from weights.
+        self.field_of_column = [index for index, width in enumerate(field_widths) for _ in range(width)]
+        self.missing_row = list(missing_row)
+
+    def forward(self, metadata: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return metadata
+        rows, device = metadata.shape[0], metadata.device
+        dropped = torch.rand(rows, self.field_of_column[-1] + 1, device=device) < self.field_probability
+        dropped |= torch.rand(rows, 1, device=device) < self.row_probability
+        columns_dropped = dropped[:, torch.tensor(self.field_of_column, device=device)]
+        missing_row = torch.tensor(self.missing_row, dtype=metadata.dtype, device=device)
+        return torch.where(columns_dropped, missing_row, metadata)
+
+
 class SkinFusionPreTrainedModel(PreTrainedModel):
     config_class = SkinFusionConfig
     config: SkinFusionConfig
@@ -50,6 +78,10 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
         self.metadata_mlp = (
             dense_stack(config.metadata_dim, config.metadata_hidden_sizes, 0.0) if config.uses_metadata else None
         )
+        masking = config.uses_metadata and (config.metadata_dropout > 0 or config.metadata_row_dropout > 0)
+        self.metadata_masking = MetadataMasking(
+            config.metadata_field_widths, config.missing_metadata, config.metadata_dropout, config.metadata_row_dropout
+        ) if masking else None
         # A frozen backbone runs without autograd and keeps its batch-norm statistics (see `freeze_backbone`).
         self.backbone_frozen = False
         self.post_init()
@@ -141,6 +173,8 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
                     f"metadata has {metadata.shape[-1]} columns but this model expects {self.config.metadata_dim}; "
                     "encode it with the processor saved beside this model."
                 )
+            if self.metadata_masking is not None:
+                metadata = self.metadata_masking(metadata)
             features.append(self.metadata_mlp(metadata))
         return BaseModelOutputWithPooling(last_hidden_state=feature_map, pooler_output=torch.cat(features, dim=-1))
 
@@ -182,5 +216,18 @@ class SkinFusionForImageClassification(SkinFusionPreTrainedModel):
             weight = None
             if self.config.class_weights is not None:
                 weight = torch.tensor(self.config.class_weights, dtype=logits.dtype, device=logits.device)
-            loss = nn.functional.cross_entropy(logits, labels.long(), weight=weight)
+            loss = nn.functional.cross_entropy(logits, labels.long(), weight=weight,
+                                               label_smoothing=self.config.label_smoothing)
         return ImageClassifierOutput(loss=loss, logits=logits)
+
+    def predicted_classes(self, logits: torch.Tensor) -> torch.Tensor:
+        """The predicted class of each row of (calibrated) `logits`: the arg-max after `config.decision_offsets`."""
+        return predicted_classes(logits, self.config.decision_offsets)
+
+
+def predicted_classes(logits: torch.Tensor, decision_offsets: list[float] | None) -> torch.Tensor:
+    """Arg-max of log-softmax(`logits`) + `decision_offsets` (post-hoc logit adjustment); plain arg-max without."""
+    if decision_offsets is None:
+        return logits.argmax(-1)
+    offsets = torch.tensor(decision_offsets, dtype=logits.dtype, device=logits.device)
+    return (logits.log_softmax(-1) + offsets).argmax(-1)

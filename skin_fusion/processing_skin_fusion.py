@@ -187,16 +187,20 @@ class SkinFusionProcessor(BaseImageProcessor):
         return BatchFeature(data=data)
 
     def dataset_transform(
-        self, training: bool, use_images: bool = True, use_metadata: bool = True, label_column: str = "label"
+        self, training: bool, use_images: bool = True, use_metadata: bool = True, label_column: str = "label",
+        withhold_metadata: bool = False,
     ) -> Callable[[dict[str, list]], dict[str, Any]]:
-        """A `datasets.Dataset.set_transform` function: a batch of rows to `pixel_values`, `metadata`, `labels`."""
+        """A `datasets.Dataset.set_transform` function: a batch of rows to `pixel_values`, `metadata`, `labels`;
+        with `withhold_metadata` every row's metadata is encoded as "nothing recorded"."""
 
         def transform(batch: dict[str, list]) -> dict[str, Any]:
             inputs: dict[str, Any] = {"labels": batch[label_column]}
             if use_images:
                 inputs["pixel_values"] = self.preprocess_images(batch["image"], training=training)
             if use_metadata and self.metadata_encoder is not None:
-                inputs["metadata"] = self.encode_metadata({c: batch[c] for c in self.encoder.columns})
+                rows = [{}] * len(batch[label_column]) if withhold_metadata else {
+                    c: batch[c] for c in self.encoder.columns}
+                inputs["metadata"] = self.encode_metadata(rows)
             return inputs
 
         return transform

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -17,7 +18,7 @@ import datasets
 import numpy as np
 import torch
 from accelerate import PartialState
-from transformers import EarlyStoppingCallback, default_data_collator, set_seed
+from transformers import EarlyStoppingCallback, set_seed
 
 from .backbone_weights import load_backbone_weights
 from .balancing import (
@@ -29,7 +30,12 @@ from .balancing import (
     sample_weights,
     smote_features,
 )
-from .calibration import expected_calibration_error, fit_temperature, negative_log_likelihood
+from .calibration import (
+    expected_calibration_error,
+    fit_decision_offsets,
+    fit_temperature,
+    negative_log_likelihood,
+)
 from .checkpoints import last_complete_checkpoint
 from .configuration_skin_fusion import SkinFusionConfig
 from .data import LesionDataset, load_lesion_dataset
@@ -38,23 +44,26 @@ from .evaluation import (
     evaluate_probabilities,
     plot_confusion_matrix,
     plot_roc_curves,
+    plot_training_curves,
     subgroup_metrics,
 )
 from .feature_cache import (
     add_image_features,
+    collate_inputs,
     cached_inputs,
     check_views,
+    CachedInputs,
     concatenate_inputs,
-    inputs_dataset,
     select_rows,
     smote_inputs,
+    withhold_metadata,
 )
-from .fine_tuning import BackboneFreezeCallback, SkinFusionTrainer
+from .fine_tuning import BackboneFreezeCallback, BestWeightsInMemoryCallback, SkinFusionTrainer
 from .hub import push_model_directory
 from .metadata_encoding import MetadataEncoder
-from .metrics import build_compute_metrics
+from .metrics import SCALAR_KEYS, build_compute_metrics
 from .model_card import ModelCardFacts, render_model_card
-from .modeling_skin_fusion import SkinFusionForImageClassification
+from .modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
 from .processing_skin_fusion import SkinFusionProcessor
 from .runtime import configure_torch_threads
 from .synthetic import ensure_default_dataset, is_complete
@@ -73,6 +82,9 @@ class TrainingReport:
     preset: str
     test_metrics: dict[str, float]
     temperature: float
+    # Test metrics of the same model when no metadata at all is recorded (every field "not recorded").
+    test_metrics_without_metadata: dict[str, float] | None
+    decision_strength: float  # tau of the post-hoc logit adjustment (0: the most probable class is the decision)
     ece_before: float
     ece_after: float
     nll_before: float
@@ -82,6 +94,7 @@ class TrainingReport:
     world_size: int
     train_runtime_seconds: float
     feature_extraction_seconds: float = 0.0  # backbone features cached before training (--cache_image_features)
+    image_only_test_metrics: dict[str, float] | None = None  # the image-only twin (--compare_image_only)
     test_recall: dict[str, float] = field(default_factory=dict)
     test_auc: dict[str, float] = field(default_factory=dict)
     pushed_to: str | None = None
@@ -153,7 +166,11 @@ def build_processor_and_config(
         backbone_weights_file=model_args.backbone_weights_file, modality=model_args.modality,
         metadata_hidden_sizes=model_args.metadata_hidden_sizes, head_hidden_sizes=model_args.head_hidden_sizes,
         dropout=model_args.dropout, id2label=dict(enumerate(lesions.label_names)),
-        class_weights=[float(w) for w in weights] if weights is not None else None, **processor.metadata_schema(),
+        class_weights=[float(w) for w in weights] if weights is not None else None,
+        label_smoothing=model_args.label_smoothing, metadata_dropout=model_args.metadata_dropout,
+        metadata_row_dropout=model_args.metadata_row_dropout,
+        missing_metadata=processor.encode_metadata([{}])[0].tolist() if encoder is not None else None,
+        **processor.metadata_schema(),
     )
     return processor, config
 
@@ -180,9 +197,10 @@ def training_split(
 def cached_feature_splits(
     lesions: LesionDataset, processor: SkinFusionProcessor, model: SkinFusionForImageClassification, strategy: str,
     args: SkinFusionTrainingArguments,
-) -> tuple[datasets.Dataset, np.ndarray, datasets.Dataset, datasets.Dataset]:
-    """Train (balanced, one row per cached view), validation and test as rows of `image_features`, `metadata`,
-    `labels`: the frozen backbone runs once per image and view, the Trainer only trains the metadata MLP and head."""
+) -> tuple[CachedInputs, np.ndarray, CachedInputs, CachedInputs, CachedInputs | None]:
+    """Train (balanced, one row per cached view), validation, test and test with nothing recorded, as rows of
+    `image_features`, `metadata`, `labels`: the frozen backbone runs once per image and view, the Trainer only trains
+    the metadata MLP and head."""
     config, backbone = model.config, model.skin_fusion.backbone
 
     def inputs(split: str, view: str) -> dict[str, np.ndarray]:
@@ -197,18 +215,44 @@ def cached_feature_splits(
         train = smote_inputs(train, seed=args.seed)
     elif strategy in RESAMPLING_STRATEGIES:
         train = select_rows(train, resample_indices(train["labels"], strategy, args.seed, len(lesions.label_names)))
-    return inputs_dataset(train), train["labels"], inputs_dataset(validation), inputs_dataset(test)
+    test_without_metadata = withhold_metadata(test, processor) if config.uses_metadata else None
+    return (CachedInputs(train), train["labels"], CachedInputs(validation), CachedInputs(test),
+            CachedInputs(test_without_metadata) if test_without_metadata is not None else None)
 
 
 def with_model_inputs(
-    split: datasets.Dataset, processor: SkinFusionProcessor, config: SkinFusionConfig, training: bool
+    split: datasets.Dataset, processor: SkinFusionProcessor, config: SkinFusionConfig, training: bool,
+    withhold_metadata: bool = False,
 ) -> datasets.Dataset:
-    """The split with a lazy transform to model inputs; images are not even decoded for a metadata-only model."""
+    """The split with a lazy transform to model inputs; images are not even decoded for a metadata-only model.
+    `withhold_metadata` encodes every row as "nothing recorded" (the model's answer for an empty form)."""
     columns = ["label"] + (["image"] if config.uses_image else [])
     if config.uses_metadata:
         columns += processor.encoder.columns
-    transform = processor.dataset_transform(training, use_images=config.uses_image, use_metadata=config.uses_metadata)
+    transform = processor.dataset_transform(training, use_images=config.uses_image, use_metadata=config.uses_metadata,
+                                            withhold_metadata=withhold_metadata)
     return split.with_transform(transform, columns=columns)
+
+
+def trainer_arguments(
+    args: SkinFusionTrainingArguments, config: SkinFusionConfig, cached: bool
+) -> SkinFusionTrainingArguments:
+    """The arguments the Trainer gets: a copy of the caller's, adjusted to this run (the caller's stay as given)."""
+    changes: dict[str, Any] = {
+        # Our transforms read raw columns (image, metadata) that the model's forward does not name: keep them.
+        "remove_unused_columns": False,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        # Trainer would create the Hub repository before training and push every checkpoint; we push once, after
+        # the local save is complete, so an unreachable Hub can never cost a trained model.
+        "push_to_hub": False,
+    }
+    if config.uses_image and args.freeze_epochs > 0 and args.world_size > 1:
+        changes["ddp_find_unused_parameters"] = True  # the frozen backbone gets no gradient in the first epochs
+    if cached:
+        # Heads on cached features: an epoch costs less than a checkpoint of the whole model, and a run takes
+        # seconds, so the best weights are kept in memory (BestWeightsInMemoryCallback) instead of on disk.
+        changes.update(save_strategy="no", load_best_model_at_end=False)
+    return dataclasses.replace(args, **changes)
 
 
 def predict_logits(trainer: SkinFusionTrainer, split: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -236,31 +280,29 @@ def run_training(
     model = SkinFusionForImageClassification(config)
     provenance = load_backbone_weights(model)
 
-    # Our transforms read raw columns (image, metadata) that the model's forward does not name: keep them.
-    args.remove_unused_columns = False
-    args.dataloader_pin_memory = torch.cuda.is_available()
-    # Trainer would create the Hub repository before training and push every checkpoint; we push once, after the
-    # local save is complete, so an unreachable Hub can never cost a trained model.
-    push_to_hub, args.push_to_hub = args.push_to_hub, False
+    push_to_hub = args.push_to_hub
+    args = trainer_arguments(args, config, cached)
     freezing = config.uses_image and args.freeze_epochs > 0
-    if freezing and args.world_size > 1:
-        args.ddp_find_unused_parameters = True  # the frozen backbone gets no gradient in the first epochs
     callbacks = [BackboneFreezeCallback(args.freeze_epochs)] if freezing else []
+    if cached:
+        callbacks.append(BestWeightsInMemoryCallback())
     if args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
 
     started = time.perf_counter()
     if cached:
-        train, train_labels, validation, test = cached_feature_splits(lesions, processor, model, data_args.balancing,
-                                                                      args)
+        train, train_labels, validation, test, test_without_metadata = cached_feature_splits(
+            lesions, processor, model, data_args.balancing, args)
     else:
         train, train_labels = training_split(lesions, processor, config, data_args.balancing, args.seed)
         validation = with_model_inputs(lesions.splits["validation"], processor, config, training=False)
         test = with_model_inputs(lesions.splits["test"], processor, config, training=False)
+        test_without_metadata = with_model_inputs(lesions.splits["test"], processor, config, training=False,
+                                                  withhold_metadata=True) if config.uses_metadata else None
     extraction_seconds = time.perf_counter() - started if cached else 0.0
     trainer = SkinFusionTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=processor,
-        data_collator=default_data_collator, compute_metrics=build_compute_metrics(lesions.label_names),
+        data_collator=collate_inputs, compute_metrics=build_compute_metrics(lesions.label_names),
         callbacks=callbacks, backbone_learning_rate=args.backbone_learning_rate,
         unfreeze_last_blocks=args.unfreeze_last_blocks,
         sample_weights=sample_weights(train_labels) if data_args.balancing == "weighted_sampler" else None,
@@ -284,13 +326,27 @@ def run_training(
     ece_before = expected_calibration_error(softmax(validation_logits), validation_labels)
     ece_after = expected_calibration_error(softmax(validation_logits / temperature), validation_labels)
     model.config.temperature = temperature
+    # Decisions: the arg-max after a post-hoc logit adjustment fitted on validation for balanced accuracy; the
+    # class-weighted loss alone leaves rare classes under-predicted. The probabilities stay calibrated.
+    decision_strength = 0.0
+    if args.tune_decisions:
+        prior = np.bincount(np.asarray(lesions.splits["train"]["label"]), minlength=len(lesions.label_names)) + 1.0
+        model.config.decision_offsets, decision_strength = fit_decision_offsets(
+            validation_logits / temperature, validation_labels, prior)
+    offsets = model.config.decision_offsets
 
     test_logits, test_labels = predict_logits(trainer, test)
     probabilities = softmax(test_logits)
-    results = evaluate_probabilities(probabilities, test_labels, lesions.label_names)
-    test_metrics = {k: float(results[k]) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")}
+    results = evaluate_probabilities(probabilities, test_labels, lesions.label_names, offsets)
+    test_metrics = {k: float(results[k]) for k in SCALAR_KEYS}
+    without_metadata = None
+    if test_without_metadata is not None:
+        logits_without_metadata, _ = predict_logits(trainer, test_without_metadata)
+        without_metadata = {k: float(v) for k, v in evaluate_probabilities(
+            softmax(logits_without_metadata), test_labels, lesions.label_names, offsets).items() if k in SCALAR_KEYS}
     report = TrainingReport(
-        output_dir=args.output_dir, preset=model_args.preset, test_metrics=test_metrics, temperature=temperature,
+        output_dir=args.output_dir, preset=model_args.preset, test_metrics=test_metrics,
+        test_metrics_without_metadata=without_metadata, decision_strength=decision_strength, temperature=temperature,
         ece_before=ece_before, ece_after=ece_after,
         nll_before=negative_log_likelihood(validation_logits, validation_labels),
         nll_after=negative_log_likelihood(validation_logits / temperature, validation_labels),
@@ -301,23 +357,37 @@ def run_training(
         test_auc=dict(zip(lesions.label_names, map(float, results["roc_auc"]), strict=True)),
     )
     trainer.save_model(args.output_dir)  # weights, config (with the temperature) and processor
+    if args.compare_image_only and config.modality == "fusion":
+        report.image_only_test_metrics = train_image_only_twin(model_args, data_args, args).test_metrics
     if trainer.is_world_process_zero():
         output_dir = Path(args.output_dir)
+        curves = plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
         metadata_columns = lesions.numeric_columns + lesions.categorical_columns
         subgroups = subgroup_metrics(
-            metadata_frame(lesions.splits["test"], metadata_columns), probabilities, test_labels, metadata_columns
+            metadata_frame(lesions.splits["test"], metadata_columns), probabilities, test_labels, metadata_columns,
+            predicted=predicted_classes(torch.from_numpy(test_logits), offsets).numpy(),
         )
         plot_confusion_matrix(np.asarray(results["confusion_matrix"]), lesions.label_names,
                               output_dir / "confusion_matrix.png")
         plot_roc_curves(probabilities, test_labels, lesions.label_names, output_dir / "roc_curves.png",
                         results["roc_auc"])
         facts = card_facts(lesions, synthetic, model, model_args, data_args, args, results, test_metrics, subgroups,
-                           report, provenance)
+                           report, provenance, curves is not None)
         render_model_card(facts).save(output_dir / "README.md")
         if push_to_hub:
             report.pushed_to, report.push_error = push_safely(output_dir, args.hub_model_id or output_dir.name, args)
         (output_dir / "training_report.json").write_text(json.dumps(asdict(report), indent=2))
     return report
+
+
+def train_image_only_twin(
+    model_args: ModelArguments, data_args: DataArguments, args: SkinFusionTrainingArguments
+) -> TrainingReport:
+    """The same run with the image only (same split, seed and schedule), saved in `output_dir/image-only`: the
+    baseline that a fusion model with nothing recorded must match."""
+    twin_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "image-only"),
+                                    compare_image_only=False, push_to_hub=False)
+    return run_training(dataclasses.replace(model_args, modality="image"), data_args, twin_args)
 
 
 def push_safely(output_dir: Path, repo_id: str, args: SkinFusionTrainingArguments) -> tuple[str | None, str | None]:
@@ -334,6 +404,7 @@ def card_facts(
     lesions: LesionDataset, synthetic: bool, model: SkinFusionForImageClassification, model_args: ModelArguments,
     data_args: DataArguments, args: SkinFusionTrainingArguments, results: dict[str, Any],
     test_metrics: dict[str, float], subgroups: list[dict[str, Any]], report: TrainingReport, provenance: str,
+    curves: bool = False,
 ) -> ModelCardFacts:
     """Everything the model card states, taken from this run."""
     import timm
@@ -357,6 +428,9 @@ def card_facts(
         nll_after=report.nll_after, split_sizes={name: len(split) for name, split in lesions.splits.items()},
         train_counts={name: int((train_labels == i).sum()) for i, name in enumerate(lesions.label_names)},
         group_column=lesions.group_column, hub_dataset=source if is_hub_id else None,
+        test_metrics_without_metadata=report.test_metrics_without_metadata,
+        image_only_test_metrics=report.image_only_test_metrics, decision_strength=report.decision_strength,
+        curves=curves,
         base_model=pretrained.hf_hub_id if pretrained is not None and model_args.backbone_weights in ("hub", "lite")
         else None,
         training={
@@ -367,6 +441,9 @@ def card_facts(
             "freeze_epochs": args.freeze_epochs if model.config.uses_image else 0,
             "unfreeze_last_blocks": args.unfreeze_last_blocks, "backbone_learning_rate": args.backbone_learning_rate,
             "learning_rate": args.learning_rate, "weight_decay": args.weight_decay, "seed": args.seed,
+            "label_smoothing": model.config.label_smoothing,
+            "metadata_dropout": model.config.metadata_dropout if model.config.uses_metadata else 0.0,
+            "metadata_row_dropout": model.config.metadata_row_dropout if model.config.uses_metadata else 0.0,
             "optimizer_steps": report.optimizer_steps, "train_runtime": f"{report.train_runtime_seconds:.0f} s",
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                        f"{'GPU' if torch.cuda.is_available() else 'CPU'}, {max(args.world_size, 1)} process(es)",

@@ -49,6 +49,16 @@ class ModelArguments:
         default_factory=lambda: [256], metadata={"help": "Fusion head hidden widths: none (one layer) or one width."}
     )
     dropout: float = field(default=0.3, metadata={"help": "Dropout before every dense layer."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy loss."})
+    metadata_dropout: float = field(
+        default=0.1,
+        metadata={"help": "Training only: probability that each metadata field of a row is replaced by 'not "
+                          "recorded', so that the model stays good when visitors leave fields empty."},
+    )
+    metadata_row_dropout: float = field(
+        default=0.25,
+        metadata={"help": "Training only: probability that a whole metadata row is replaced by 'nothing recorded'."},
+    )
 
 
 @dataclass
@@ -115,6 +125,22 @@ class SkinFusionTrainingArguments(TrainingArguments):
                           "(original, hflip, vflip, rot180); validation and test use the original only."},
     )
     calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on the validation split."})
+    compare_image_only: bool = field(
+        default=True,
+        metadata={"help": "After a fusion run, train the image-only model the same way on the same split (saved in "
+                          "output_dir/image-only) and report it beside the fusion model with and without metadata."},
+    )
+    report_to: None | str | list[str] = field(
+        default="tensorboard",
+        metadata={"help": "Where the Trainer logs its loss and validation curves: tensorboard (offline, in "
+                          "output_dir/runs; view with `tensorboard --logdir OUTPUT_DIR/runs`), none, or any "
+                          "integration transformers knows."},
+    )
+    tune_decisions: bool = field(
+        default=True,
+        metadata={"help": "Fit per-class decision offsets on the validation split (post-hoc logit adjustment for "
+                          "balanced accuracy); probabilities stay calibrated."},
+    )
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch, steps or no."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: epoch or steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best is kept too)."})

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from scipy.special import softmax
+from scipy.special import log_softmax, softmax
 
 from skin_fusion.calibration import (
     TEMPERATURE_BOUNDS,
@@ -111,3 +111,28 @@ def test_bad_inputs_raise_clear_errors(function, scores, labels, message):
 def test_ece_refuses_logits():
     with pytest.raises(ValueError, match="apply a softmax"):
         expected_calibration_error(np.array([[2.0, -1.0], [0.5, 0.1]]), np.array([0, 1]))
+
+
+def test_decision_offsets_raise_balanced_accuracy_of_a_model_that_favours_the_majority():
+    from skin_fusion.calibration import ADJUSTMENT_STRENGTHS, fit_decision_offsets
+    from skin_fusion.metrics import balanced_accuracy
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [800, 150, 50])
+    prior = np.bincount(labels) / len(labels)
+    # Class-informative logits plus the log-prior: the majority class wins most close calls.
+    logits = rng.normal(size=(len(labels), 3)) + 1.5 * np.eye(3)[labels] + np.log(prior)
+    offsets, tau = fit_decision_offsets(logits, labels, np.bincount(labels))
+    assert tau in ADJUSTMENT_STRENGTHS and tau > 0
+    np.testing.assert_allclose(offsets, -tau * np.log(prior))
+    adjusted = balanced_accuracy(labels, (log_softmax(logits, axis=1) + offsets).argmax(1))
+    assert adjusted > balanced_accuracy(labels, logits.argmax(1)) + 0.05
+
+
+def test_decision_offsets_stay_zero_when_the_plain_arg_max_is_already_balanced():
+    from skin_fusion.calibration import fit_decision_offsets
+
+    labels = np.repeat([0, 1], 50)
+    logits = np.eye(2)[labels] * 4.0
+    offsets, tau = fit_decision_offsets(logits, labels, np.array([90, 10]))
+    assert tau == 0 and offsets == [0.0, 0.0]

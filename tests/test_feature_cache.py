@@ -165,3 +165,20 @@ def test_smote_trains_the_image_model_on_cached_features(lesion_folder, lesions,
     counts = class_counts(np.asarray(lesions.splits["train"]["label"]))
     assert report.train_examples == len(counts) * counts.max()
     assert np.isfinite(report.test_metrics["balanced_accuracy"])
+
+
+def test_cached_inputs_serve_a_whole_batch_equal_to_stacked_rows():
+    from torch.utils.data import DataLoader
+
+    from skin_fusion.feature_cache import CachedInputs, collate_inputs
+
+    rng = np.random.default_rng(0)
+    inputs = {"image_features": rng.normal(size=(10, 4)), "metadata": rng.normal(size=(10, 3)),
+              "labels": np.arange(10)}
+    dataset = CachedInputs(inputs)
+    batches = list(DataLoader(dataset, batch_size=4, collate_fn=collate_inputs))
+    assert [len(b["labels"]) for b in batches] == [4, 4, 2]
+    rows = collate_inputs([dataset[i] for i in range(4)])
+    for key in inputs:
+        assert torch.equal(batches[0][key], rows[key])
+    assert batches[0]["image_features"].dtype == torch.float32 and batches[0]["labels"].dtype == torch.int64

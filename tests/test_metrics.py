@@ -189,3 +189,16 @@ def test_confusion_matrix_from_logits_has_fixed_shape():
     matrix = confusion_matrix_from(logits, labels, NUM_CLASSES)
     assert matrix.shape == (NUM_CLASSES, NUM_CLASSES)
     np.testing.assert_array_equal(matrix, confusion_matrix(labels, logits.argmax(axis=1), labels=range(NUM_CLASSES)))
+
+
+def test_decision_offsets_score_the_adjusted_decisions_and_leave_auc_and_ece_to_the_probabilities():
+    logits, labels = make_logits_and_labels(seed=3)
+    probs = softmax(logits, axis=1)
+    offsets = [0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0]  # raise "mel"
+    plain = load_lesion_metric(NUM_CLASSES, keep_in_memory=True).compute(predictions=probs, references=labels)
+    adjusted = load_lesion_metric(NUM_CLASSES, keep_in_memory=True, decision_offsets=offsets).compute(
+        predictions=probs, references=labels)
+    decisions = (np.log(probs) + offsets).argmax(1)
+    assert adjusted["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, decisions))
+    assert adjusted["recall"][4] > plain["recall"][4]
+    assert adjusted["macro_auc"] == plain["macro_auc"] and adjusted["ece"] == plain["ece"]

@@ -106,3 +106,48 @@ def test_config_json_has_model_type_and_auto_map_and_the_code_is_copied(tmp_path
     for module in ["configuration_skin_fusion.py", "modeling_skin_fusion.py", "backbones.py"]:
         assert (tmp_path / module).is_file()
     assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "SkinFusionConfig"
+
+
+def masking_model(field_probability: float, row_probability: float):
+    from tests.helpers import fitted_processor
+
+    processor = fitted_processor()
+    missing = processor.encode_metadata([{}])[0].tolist()
+    return tiny_model(metadata_dropout=field_probability, metadata_row_dropout=row_probability,
+                      missing_metadata=missing, processor=processor), processor
+
+
+def test_metadata_masking_turns_rows_into_nothing_recorded_in_training_only():
+    model, processor = masking_model(0.0, 1.0)
+    masking = model.skin_fusion.metadata_masking
+    recorded = processor.encode_metadata([{"age": 70, "sex": "male", "anatom_site_general": "back"}] * 4)
+    assert torch.equal(masking.eval()(recorded), recorded)
+    assert torch.equal(masking.train()(recorded), processor.encode_metadata([{}] * 4))
+
+
+def test_metadata_masking_drops_each_field_whole_value_and_missing_flag_together():
+    torch.manual_seed(0)
+    model, processor = masking_model(0.5, 0.0)
+    rows = [{"age": 70, "sex": "male", "anatom_site_general": "back"}] * 400
+    masked = model.skin_fusion.metadata_masking.train()(processor.encode_metadata(rows))
+    widths = model.config.metadata_field_widths
+    empty, recorded = processor.encode_metadata([{}])[0], processor.encode_metadata(rows[:1])[0]
+    dropped_share = []
+    for start, width in zip([0, *torch.tensor(widths).cumsum(0).tolist()[:-1]], widths):
+        block = masked[:, start:start + width]
+        is_empty = (block == empty[start:start + width]).all(1)
+        assert (is_empty | (block == recorded[start:start + width]).all(1)).all()  # never half a field
+        dropped_share.append(is_empty.float().mean().item())
+    assert all(0.4 < share < 0.6 for share in dropped_share)
+
+
+def test_metadata_masking_needs_the_encoded_empty_row():
+    with pytest.raises(ValueError, match="need `missing_metadata`"):
+        tiny_model(metadata_row_dropout=0.5)
+
+
+def test_decision_offsets_move_the_predicted_class_but_not_the_probabilities():
+    model = tiny_model(decision_offsets=[0.0, 0.0, 5.0])
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, -9.0]])
+    assert model.predicted_classes(logits).tolist() == [2, 1]
+    assert tiny_model().predicted_classes(logits).tolist() == [0, 1]

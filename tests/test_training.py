@@ -12,6 +12,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 import skin_fusion  # noqa: F401  (registers the Auto classes)
+from skin_fusion.calibration import ADJUSTMENT_STRENGTHS
 from skin_fusion.synthetic import generate_synthetic_lesions
 from skin_fusion.training import run_training
 from skin_fusion.training_args import parse_training_arguments
@@ -39,7 +40,7 @@ def train(folder: Path, output_dir: Path, *extra: str):
 def fusion_run(lesion_folder, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("fusion")
     report = train(lesion_folder, output_dir, "--push_to_hub", "True",
-                   "--hub_model_id", "skin-fusion-test/unreachable")
+                   "--hub_model_id", "skin-fusion-test/unreachable", "--report_to", "tensorboard")
     return report, output_dir
 
 
@@ -50,12 +51,45 @@ def test_fusion_learns_well_above_chance(fusion_run):
 
 
 def test_fusion_beats_each_single_modality(fusion_run, lesion_folder, tmp_path):
-    fusion = fusion_run[0].test_metrics["balanced_accuracy"]
-    image = train(lesion_folder, tmp_path / "image", "--modality", "image")
+    report = fusion_run[0]
+    fusion = report.test_metrics["balanced_accuracy"]
     metadata = train(lesion_folder, tmp_path / "metadata", "--modality", "metadata")
-    # The synthetic set puts one half of the answer in each modality (see skin_fusion/synthetic.py).
-    assert fusion > image.test_metrics["balanced_accuracy"] + 0.05
+    # The synthetic set puts one half of the answer in each modality (see skin_fusion/synthetic.py); the image-only
+    # model is the fusion run's twin (--compare_image_only, on by default).
+    assert fusion > report.image_only_test_metrics["balanced_accuracy"] + 0.05
     assert fusion > metadata.test_metrics["balanced_accuracy"] + 0.05
+
+
+def test_a_fusion_run_reports_the_test_split_with_metadata_without_it_and_image_only(fusion_run):
+    report, output_dir = fusion_run
+    twin = json.loads((output_dir / "image-only" / "training_report.json").read_text())
+    assert report.image_only_test_metrics == twin["test_metrics"]
+    assert twin["test_metrics_without_metadata"] is None  # an image-only model reads no metadata
+    # Half of the synthetic answer is in the metadata: with nothing recorded the fusion model must lose some of it.
+    without = report.test_metrics_without_metadata
+    assert without["balanced_accuracy"] < report.test_metrics["balanced_accuracy"]
+    card = ModelCard.load(output_dir / "README.md").text
+    assert "### With and without metadata" in card
+    for row, metrics in [("metadata as recorded", report.test_metrics), ("nothing recorded", without),
+                         ("image-only model", twin["test_metrics"])]:
+        assert f"| {row} | {metrics['balanced_accuracy']:.3f} | {metrics['macro_auc']:.3f} |" in card
+
+
+def test_decision_offsets_are_fitted_on_validation_and_saved_with_the_model(fusion_run):
+    report, output_dir = fusion_run
+    offsets = np.array(json.loads((output_dir / "config.json").read_text())["decision_offsets"])
+    assert report.decision_strength in ADJUSTMENT_STRENGTHS
+    if report.decision_strength == 0:
+        assert np.allclose(offsets, 0)
+    else:  # offsets = -tau * log(training class frequencies): the frequencies they imply sum to one
+        assert np.exp(-offsets / report.decision_strength).sum() == pytest.approx(1.0)
+
+
+def test_training_curves_are_logged_offline_and_drawn_on_the_card(fusion_run):
+    _, output_dir = fusion_run
+    assert list((output_dir / "runs").rglob("events.out.tfevents.*"))  # TensorBoard's event files
+    assert (output_dir / "training_curves.png").stat().st_size > 1000
+    assert "training_curves.png" in (output_dir / "README.md").read_text()
 
 
 def test_saved_model_loads_with_auto_classes_and_predicts_calibrated(fusion_run, lesion_folder):

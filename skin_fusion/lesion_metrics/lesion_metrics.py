@@ -57,6 +57,9 @@ Args:
 Module arguments (given to `evaluate.load(path, ...)`):
     num_classes (`int`, *optional*): expected number of classes; checked against the width of `predictions`.
     ece_bins (`int`, defaults to 15): number of equal-width confidence bins of the ECE.
+    decision_offsets (`list` of `float`, *optional*): per-class offsets added to the log-probabilities before the
+        arg-max that gives the predicted class (post-hoc logit adjustment). Accuracy, balanced accuracy, F1,
+        precision, recall and the confusion matrix score these decisions; AUC and ECE score the probabilities.
 Returns:
     accuracy (`float`), balanced_accuracy (`float`), macro_f1 (`float`),
     precision (`list` of `float`, one per class), recall (`list` of `float`, one per class),
@@ -98,13 +101,17 @@ def _one_vs_rest_auc(probs: np.ndarray, labels: np.ndarray) -> list[float]:
 class LesionMetrics(evaluate.Metric):
     """Accuracy, balanced accuracy, macro F1, per-class precision/recall/AUC, confusion matrix and ECE."""
 
-    def __init__(self, num_classes: int | None = None, ece_bins: int = 15, **kwargs):
+    def __init__(self, num_classes: int | None = None, ece_bins: int = 15,
+                 decision_offsets: list[float] | None = None, **kwargs):
         if num_classes is not None and (type(num_classes) is not int or num_classes < 2):
             raise ValueError(f"`num_classes` must be an integer >= 2 (got {num_classes!r}); pass len(label_names).")
         if type(ece_bins) is not int or ece_bins < 1:
             raise ValueError(f"`ece_bins` must be a positive integer (got {ece_bins!r}); 15 is the usual choice.")
+        if decision_offsets is not None and num_classes is not None and len(decision_offsets) != num_classes:
+            raise ValueError(f"`decision_offsets` needs one number per class ({num_classes}); got {decision_offsets}.")
         self.num_classes = num_classes
         self.ece_bins = ece_bins
+        self.decision_offsets = None if decision_offsets is None else np.asarray(decision_offsets, dtype=np.float64)
         super().__init__(**kwargs)
 
     def _info(self) -> evaluate.MetricInfo:
@@ -125,6 +132,9 @@ class LesionMetrics(evaluate.Metric):
         probs, labels = self._validated(predictions, references)
         class_ids = list(range(probs.shape[1]))
         predicted = probs.argmax(axis=1)
+        if self.decision_offsets is not None:
+            with np.errstate(divide="ignore"):  # a probability of exactly 0 is never chosen: log gives -inf
+                predicted = (np.log(probs) + self.decision_offsets).argmax(axis=1)
         per_class = {"labels": class_ids, "average": None, "zero_division": np.nan}
         per_class_auc = _one_vs_rest_auc(probs, labels)
         defined_auc = [auc for auc in per_class_auc if not np.isnan(auc)]
