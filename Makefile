@@ -12,10 +12,11 @@ export GRADIO_ANALYTICS_ENABLED := False
 setup: $(VENV)/.installed
 
 # Re-installs only when requirements.txt changes.
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 # Headless Chromium for the browser test (Debian package; Playwright drives it, downloads no browser).
