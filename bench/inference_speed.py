@@ -39,7 +39,9 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from bench_model import METADATA_ROWS, fusion_model  # noqa: E402
-from machine_info import cpu_busy, machine_info  # noqa: E402
+from machine_info import machine_info  # noqa: E402
+
+from skin_fusion.runtime import cpu_busy  # noqa: E402
 
 from skin_fusion import MetadataEncoder, SkinFusionForImageClassification  # noqa: E402
 from skin_fusion.backbone_weights import load_backbone_weights  # noqa: E402

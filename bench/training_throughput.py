@@ -36,7 +36,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
-from machine_info import cpu_busy, machine_info  # noqa: E402
+from machine_info import machine_info  # noqa: E402
+
+from skin_fusion.runtime import cpu_busy  # noqa: E402
 
 from skin_fusion.backbone_weights import load_backbone_weights  # noqa: E402
 from skin_fusion.data import LesionDataset  # noqa: E402

@@ -16,7 +16,6 @@ checked against PyTorch when it loads; Grad-CAM always runs in PyTorch.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from .explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heat
 from .image_io import ImageSource, load_rgb_image
 from .metadata_encoding import is_missing
 from .onnx_export import OnnxSkinFusion, onnx_session_for
+from .runtime import configure_torch_threads
 
 # Below this top probability, or this lead over the runner-up, a prediction is flagged as uncertain.
 MIN_PROBABILITY = 0.6
@@ -217,8 +217,7 @@ class SkinFusionPredictor:
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"Unknown runtime {runtime!r}; choose one of {RUNTIMES}.")
-        num_threads = num_threads or min(4, os.cpu_count() or 1)
-        torch.set_num_threads(num_threads)
+        num_threads = configure_torch_threads(num_threads)
         try:
             model = AutoModelForImageClassification.from_pretrained(path_or_id)
             processor = AutoProcessor.from_pretrained(path_or_id)

@@ -29,6 +29,7 @@ from torch import nn
 
 from .configuration_skin_fusion import SkinFusionConfig
 from .modeling_skin_fusion import SkinFusionForImageClassification
+from .runtime import thread_count
 
 ONNX_FILE_NAME = "model.onnx"
 # Opset 18 is the exporter's native opset (no version conversion) and ONNX Runtime >= 1.14 runs it.
@@ -37,8 +38,6 @@ DEFAULT_OPSET = 18
 # for EfficientNet-B4); a difference above this means a wrong graph, not rounding.
 ATOL = 1e-4
 RTOL = 1e-4
-# Beyond 4 threads a batch-1 CNN forward on CPU gains little (the same cap as SkinFusionPredictor.from_pretrained).
-MAX_DEFAULT_THREADS = 4
 MAKE_MODEL_HINT = "Make one with `python train.py` (it writes outputs/skin-fusion)"
 INSTALL_HINT = "pip install onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.31.1 (pinned in requirements.txt)"
 
@@ -201,7 +200,7 @@ class OnnxSkinFusion:
             )
         ort = _onnxruntime()
         options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads or min(MAX_DEFAULT_THREADS, os.cpu_count() or 1)
+        options.intra_op_num_threads = num_threads or thread_count()
         # One operator at a time, each over all intra-op threads: a CNN graph is a chain, parallel branches are rare.
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -205,7 +205,8 @@ def cached_feature_splits(
 
     def inputs(split: str, view: str) -> dict[str, np.ndarray]:
         with_features = add_image_features(lesions.splits[split], backbone, processor, view=view,
-                                           batch_size=args.per_device_eval_batch_size, desc=f"{split} features ({view})")
+                                           batch_size=args.per_device_eval_batch_size,
+                                           desc=f"{split} features ({view})")
         return cached_inputs(with_features, processor, config.uses_image, config.uses_metadata)
 
     with PartialState().main_process_first():  # the main process fills the cache; the others read it
@@ -255,6 +256,28 @@ def trainer_arguments(
     return dataclasses.replace(args, **changes)
 
 
+def build_trainer(
+    model: SkinFusionForImageClassification, args: SkinFusionTrainingArguments, train: Any, validation: Any,
+    processor: SkinFusionProcessor, label_names: list[str], cached: bool,
+    train_sample_weights: np.ndarray | None = None,
+) -> SkinFusionTrainer:
+    """The Trainer of one run, with its callbacks: backbone freezing, early stopping, and for runs on cached features
+    the best weights kept in memory. `args` are the run's (see `trainer_arguments`)."""
+    callbacks: list[Any] = []
+    if model.config.uses_image and args.freeze_epochs > 0:
+        callbacks.append(BackboneFreezeCallback(args.freeze_epochs))
+    if cached:
+        callbacks.append(BestWeightsInMemoryCallback())
+    if args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+    return SkinFusionTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=processor,
+        data_collator=collate_inputs, compute_metrics=build_compute_metrics(label_names), callbacks=callbacks,
+        backbone_learning_rate=args.backbone_learning_rate, unfreeze_last_blocks=args.unfreeze_last_blocks,
+        sample_weights=train_sample_weights,
+    )
+
+
 def predict_logits(trainer: SkinFusionTrainer, split: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Logits (already divided by the model's temperature) and labels of a whole split, from every process."""
     output = trainer.predict(split)
@@ -282,12 +305,6 @@ def run_training(
 
     push_to_hub = args.push_to_hub
     args = trainer_arguments(args, config, cached)
-    freezing = config.uses_image and args.freeze_epochs > 0
-    callbacks = [BackboneFreezeCallback(args.freeze_epochs)] if freezing else []
-    if cached:
-        callbacks.append(BestWeightsInMemoryCallback())
-    if args.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
 
     started = time.perf_counter()
     if cached:
@@ -300,13 +317,8 @@ def run_training(
         test_without_metadata = with_model_inputs(lesions.splits["test"], processor, config, training=False,
                                                   withhold_metadata=True) if config.uses_metadata else None
     extraction_seconds = time.perf_counter() - started if cached else 0.0
-    trainer = SkinFusionTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=processor,
-        data_collator=collate_inputs, compute_metrics=build_compute_metrics(lesions.label_names),
-        callbacks=callbacks, backbone_learning_rate=args.backbone_learning_rate,
-        unfreeze_last_blocks=args.unfreeze_last_blocks,
-        sample_weights=sample_weights(train_labels) if data_args.balancing == "weighted_sampler" else None,
-    )
+    trainer = build_trainer(model, args, train, validation, processor, lesions.label_names, cached,
+                            sample_weights(train_labels) if data_args.balancing == "weighted_sampler" else None)
     last_checkpoint = last_complete_checkpoint(args.output_dir)
     if last_checkpoint and not args.resume:
         raise ValueError(
