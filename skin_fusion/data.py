@@ -180,11 +180,13 @@ def _read_source(
     path = Path(source).expanduser()
     if images_dir is not None and not Path(images_dir).expanduser().is_dir():
         raise LesionDataError(f"images_dir {images_dir!r} is not a folder; pass the folder that holds the images.")
+    # Absolute paths: `datasets` fingerprints (and so its caches, cached image features included) follow the path
+    # string, and the same folder must hit the same cache from any working directory.
     if path.is_dir():
-        return _read_folder(path, image_column=image_column, images_dir=images_dir)
+        return _read_folder(path.resolve(), image_column=image_column, images_dir=images_dir)
     if path.is_file():
-        root = Path(images_dir).expanduser() if images_dir else path.parent
-        return _read_csv(path, image_column=image_column, images_dir=root)
+        root = Path(images_dir).expanduser().resolve() if images_dir else path.resolve().parent
+        return _read_csv(path.resolve(), image_column=image_column, images_dir=root)
     if HUB_ID.match(source) and not source.startswith("."):
         return _read_hub(source, image_column=image_column)
     raise LesionDataError(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
-from dataclasses import dataclass, field
+import os
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +90,11 @@ def three_ways(facts: ModelCardFacts) -> list[dict[str, str]]:
             for name, metrics in rows]
 
 
-def render_model_card(facts: ModelCardFacts, template_path: Path = MODEL_CARD_TEMPLATE) -> ModelCard:
-    """The filled-in card; its YAML parses with `huggingface_hub.ModelCard`."""
+def render_model_card(
+    facts: ModelCardFacts, template_path: Path = MODEL_CARD_TEMPLATE, assets: str = ""
+) -> ModelCard:
+    """The filled-in card; its YAML parses with `huggingface_hub.ModelCard`. `assets` prefixes the plots' file names
+    (the folder of the model, seen from where the card is written; empty beside the weights)."""
     if not template_path.is_file():
         raise FileNotFoundError(f"Model card template {template_path} is missing; reinstall skin_fusion with its "
                                 "package data (templates/model_card.md).")
@@ -118,7 +125,45 @@ def render_model_card(facts: ModelCardFacts, template_path: Path = MODEL_CARD_TE
         split_sizes=", ".join(f"{k} {v}" for k, v in facts.split_sizes.items()),
         train_counts=", ".join(f"{k} {v}" for k, v in facts.train_counts.items()),
         unfreeze_description="all blocks" if not unfreeze else f"last {unfreeze} blocks",
-        three_ways=three_ways(facts), decision_strength=facts.decision_strength, curves=facts.curves,
+        three_ways=three_ways(facts), decision_strength=facts.decision_strength, curves=facts.curves, assets=assets,
         **{k: v for k, v in training.items() if k not in ("unfreeze_last_blocks", "min_subgroup")},
     )
     return card
+
+
+def save_card_facts(facts: ModelCardFacts, path: Path) -> Path:
+    """The facts as JSON (`card_facts.json` beside the weights), so that a card can be rendered again without the run."""
+    path.write_text(json.dumps(asdict(facts), indent=1, default=float))
+    return path
+
+
+def load_card_facts(path: Path) -> ModelCardFacts:
+    """Facts written by `save_card_facts`."""
+    return ModelCardFacts(**json.loads(path.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render a saved model's card again from its card_facts.json, e.g. the repository's top-level model_card.md."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("model_dir", type=Path, help="a model directory written by train.py (holds card_facts.json)")
+    parser.add_argument("--out", type=Path, help="where to write the card (default: MODEL_DIR/README.md)")
+    parser.add_argument("--repo_or_path", help="the path or Hub id the card's code loads the model from")
+    args = parser.parse_args(argv)
+    facts_path = args.model_dir / "card_facts.json"
+    if not facts_path.is_file():
+        print(f"No card_facts.json in {args.model_dir}: pass a model directory written by train.py.", file=sys.stderr)
+        return 1
+    facts = load_card_facts(facts_path)
+    if args.repo_or_path:
+        facts.repo_or_path = args.repo_or_path
+        save_card_facts(facts, facts_path)
+    out = args.out or args.model_dir / "README.md"
+    assets = os.path.relpath(args.model_dir, out.resolve().parent) + "/" if out.parent.resolve() != \
+        args.model_dir.resolve() else ""
+    render_model_card(facts, assets=assets).save(out)
+    print(f"Wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

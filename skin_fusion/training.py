@@ -62,7 +62,7 @@ from .fine_tuning import BackboneFreezeCallback, BestWeightsInMemoryCallback, Sk
 from .hub import push_model_directory
 from .metadata_encoding import MetadataEncoder
 from .metrics import SCALAR_KEYS, build_compute_metrics
-from .model_card import ModelCardFacts, render_model_card
+from .model_card import ModelCardFacts, render_model_card, save_card_facts
 from .modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
 from .processing_skin_fusion import SkinFusionProcessor
 from .runtime import configure_torch_threads
@@ -386,6 +386,7 @@ def run_training(
         facts = card_facts(lesions, synthetic, model, model_args, data_args, args, results, test_metrics, subgroups,
                            report, provenance, curves is not None)
         render_model_card(facts).save(output_dir / "README.md")
+        save_card_facts(facts, output_dir / "card_facts.json")
         if push_to_hub:
             report.pushed_to, report.push_error = push_safely(output_dir, args.hub_model_id or output_dir.name, args)
         (output_dir / "training_report.json").write_text(json.dumps(asdict(report), indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,16 @@ def test_smote_trains_the_metadata_only_model(lesion_folder, tmp_path):
     report = train(lesion_folder, tmp_path / "smote", "--modality", "metadata", "--balancing", "smote",
                    "--num_train_epochs", "3")
     assert np.isfinite(report.test_metrics["balanced_accuracy"])
+
+
+def test_the_card_renders_again_from_its_saved_facts_with_plots_linked_from_elsewhere(fusion_run, tmp_path):
+    from skin_fusion.model_card import main as render_card
+
+    _, output_dir = fusion_run
+    assert render_card([str(output_dir), "--out", str(tmp_path / "model_card.md")]) == 0
+    again = (tmp_path / "model_card.md").read_text()
+    beside = (output_dir / "README.md").read_text()
+    prefix = f"{os.path.relpath(output_dir, tmp_path)}/"
+    assert again == beside.replace("](confusion_matrix.png)", f"]({prefix}confusion_matrix.png)").replace(
+        "](roc_curves.png)", f"]({prefix}roc_curves.png)").replace(
+        "](training_curves.png)", f"]({prefix}training_curves.png)")
