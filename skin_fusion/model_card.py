@@ -126,6 +126,8 @@ def render_model_card(
         train_counts=", ".join(f"{k} {v}" for k, v in facts.train_counts.items()),
         unfreeze_description="all blocks" if not unfreeze else f"last {unfreeze} blocks",
         three_ways=three_ways(facts), decision_strength=facts.decision_strength, curves=facts.curves, assets=assets,
+        frozen_throughout=float(training.get("freeze_epochs", 0)) >= float(training.get("epochs", 0)) > 0,
+        license=facts.license,
         **{k: v for k, v in training.items() if k not in ("unfreeze_last_blocks", "min_subgroup")},
     )
     return card
