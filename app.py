@@ -30,10 +30,10 @@ import pandas as pd
 from PIL import Image
 
 from skin_fusion import MetadataError
-from skin_fusion.image_io import MAX_UPLOAD_BYTES, ImageInputError
-from skin_fusion.inference import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
-from skin_fusion.metadata_encoding import NUMERIC_VALID_RANGES
-from skin_fusion.synthetic import ensure_default_dataset
+from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, ImageInputError
+from skin_fusion.serving.predictor import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
+from skin_fusion.modeling.metadata_encoding import NUMERIC_VALID_RANGES
+from skin_fusion.data.synthetic import ensure_default_dataset
 
 DEFAULT_MODEL = "outputs/skin-fusion"
 # One prediction at a time (each uses all of torch's CPU threads); up to 32 more requests wait in the queue.

@@ -9,8 +9,8 @@ import sys
 
 
 import skin_fusion  # noqa: F401  (registers SkinFusion with the Auto classes)
-from skin_fusion.training import describe_run, run_training
-from skin_fusion.training_args import parse_training_arguments
+from skin_fusion.training.run import describe_run, run_training
+from skin_fusion.training.arguments import parse_training_arguments
 
 
 def main() -> int:

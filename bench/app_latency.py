@@ -36,8 +36,8 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 from bench_model import fusion_model  # noqa: E402
 from machine_info import machine_info  # noqa: E402
 
-from skin_fusion.image_io import load_rgb_image  # noqa: E402
-from skin_fusion.inference import SkinFusionPredictor  # noqa: E402
+from skin_fusion.serving.image_io import load_rgb_image  # noqa: E402
+from skin_fusion.serving.predictor import SkinFusionPredictor  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METADATA = {"age": 63, "sex": "male", "anatom_site_general": "head/neck"}

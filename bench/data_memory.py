@@ -72,7 +72,7 @@ def measure(data: str, size: int) -> dict[str, float]:
     sys.path.insert(0, str(REPO))
     import datasets
 
-    from skin_fusion.data import load_lesion_dataset
+    from skin_fusion.data.loading import load_lesion_dataset
 
     datasets.disable_progress_bars()
     rss_before = psutil.Process().memory_info().rss

@@ -7,7 +7,7 @@ Variants, all with the same backbone weights, resolution and threads, under `tor
   - bare: the timm classifier (`timm.create_model(backbone, num_classes=3)`) holding SkinFusion's backbone weights;
   - SkinFusion: the fusion model (backbone + metadata MLP + head, temperature-scaled logits) on image + metadata;
   - each in eager PyTorch and channels-last (model and input `.to(memory_format=torch.channels_last)`);
-  - SkinFusion in ONNX Runtime (`skin_fusion.onnx_export`: the whole fusion graph, intra-op threads = --threads).
+  - SkinFusion in ONNX Runtime (`skin_fusion.serving.onnx`: the whole fusion graph, intra-op threads = --threads).
 Batch 1 gives the latency per image, batch 8 the throughput. The machine is shared, so every round runs each variant
 once in a shuffled order, and the ratios compare medians from the same rounds. Targets: SkinFusion eager / bare
 eager <= 1.10 (the fusion costs at most 10% over the backbone), ONNX Runtime faster than eager at batch 1, with
@@ -41,12 +41,12 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 from bench_model import METADATA_ROWS, fusion_model  # noqa: E402
 from machine_info import machine_info  # noqa: E402
 
-from skin_fusion.runtime import cpu_busy  # noqa: E402
+from skin_fusion.threads import cpu_busy  # noqa: E402
 
 from skin_fusion import MetadataEncoder, SkinFusionForImageClassification  # noqa: E402
-from skin_fusion.backbone_weights import load_backbone_weights  # noqa: E402
-from skin_fusion.lite_weights import has_lite_weights  # noqa: E402
-from skin_fusion.onnx_export import ATOL, RTOL, OnnxSkinFusion, export_onnx  # noqa: E402
+from skin_fusion.weights.backbone_weights import load_backbone_weights  # noqa: E402
+from skin_fusion.weights.lite_weights import has_lite_weights  # noqa: E402
+from skin_fusion.serving.onnx import ATOL, RTOL, OnnxSkinFusion, export_onnx  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = (1, 8)

@@ -6,7 +6,7 @@
 
 Every model starts from the offline ImageNet EfficientNet-Lite weights (`backbone_weights="lite"`), keeps the
 backbone frozen and trains the metadata MLP and the head on cached backbone features (`--cache_image_features True`,
-see `skin_fusion/feature_cache.py`); each run is one `run_training` call with train.py's flags, so it is calibrated
+see `skin_fusion/data/feature_cache.py`); each run is one `run_training` call with train.py's flags, so it is calibrated
 on the validation split, evaluated on the test split and saved as a complete model (under --runs_dir, outside the
 repository: HAM10000 weights are non-commercial).
 
@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from skin_fusion.experiments import command_line, machine_facts, markdown_table, number, utc_now  # noqa: E402
+from skin_fusion.training.experiments import command_line, machine_facts, markdown_table, number, utc_now  # noqa: E402
 
 logger = logging.getLogger("real_data")
 
@@ -139,8 +139,8 @@ def train(argv: list[str], finished: dict[tuple[str, ...], dict[str, Any]]) -> d
     if tuple(argv) in finished:
         logger.info("Reusing the earlier result of this run")
         return finished[tuple(argv)]
-    from skin_fusion.training import run_training
-    from skin_fusion.training_args import parse_training_arguments
+    from skin_fusion.training.run import run_training
+    from skin_fusion.training.arguments import parse_training_arguments
 
     output_dir = Path(argv[argv.index("--output_dir") + 1])
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -191,11 +191,11 @@ def choose_backbone(probe: list[dict[str, Any]], images: int, seconds_left: floa
 def split_arrays(argv: list[str]) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
     """Cached image features, encoded metadata and labels of each split of a run's data, built as train.py builds
     them (same split, same metadata encoder fitted on train, features from the `datasets` cache); and the labels."""
-    from skin_fusion.backbone_weights import load_backbone_weights
-    from skin_fusion.feature_cache import add_image_features, cached_inputs
-    from skin_fusion.modeling_skin_fusion import SkinFusionForImageClassification
-    from skin_fusion.training import build_processor_and_config, load_training_data
-    from skin_fusion.training_args import parse_training_arguments
+    from skin_fusion.weights.backbone_weights import load_backbone_weights
+    from skin_fusion.data.feature_cache import add_image_features, cached_inputs
+    from skin_fusion.modeling.modeling_skin_fusion import SkinFusionForImageClassification
+    from skin_fusion.training.run import build_processor_and_config, load_training_data
+    from skin_fusion.training.arguments import parse_training_arguments
 
     model_args, data_args, args = parse_training_arguments(argv)
     lesions, _ = load_training_data(data_args, args.seed)
@@ -217,7 +217,7 @@ def logistic_floor(arrays: dict[str, dict[str, np.ndarray]], label_names: list[s
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from skin_fusion.evaluation import balanced_accuracy, evaluate_probabilities
+    from skin_fusion.evaluation.subgroups import balanced_accuracy, evaluate_probabilities
 
     def matrix(split: str) -> np.ndarray:
         return np.concatenate([arrays[split][name] for name in inputs], axis=1)

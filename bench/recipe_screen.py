@@ -4,10 +4,11 @@
     python bench/recipe_screen.py screen [--seeds 3]
 
 `extract` runs the offline ImageNet backbone once per image and view through the library's feature cache
-(`skin_fusion.feature_cache.add_image_features`, the `datasets` cache train.py's `--cache_image_features` reads too)
-and keeps the arrays under outputs/features/. `screen` trains the metadata MLP and head of SkinFusion on them with a
-plain PyTorch loop (seconds per recipe), for every recipe and seed, and scores the test split three ways: full
-metadata, nothing recorded, and an image-only model of the same recipe. Results: docs/experiments/ham10000-recipes/.
+(`skin_fusion.data.feature_cache.add_image_features`, the `datasets` cache train.py's `--cache_image_features`
+reads too) and keeps the arrays under outputs/features/. `screen` trains the metadata MLP and head of SkinFusion on
+them with a plain PyTorch loop (seconds per recipe), for every recipe and seed, and scores the test split three ways:
+full metadata, nothing recorded, and an image-only model of the same recipe.
+Results: docs/experiments/ham10000-recipes/.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ def feature_dir(backbone: str, image_size: int) -> Path:
 def extract(backbone: str, image_size: int, views: list[str], batch_size: int) -> Path:
     """Cached features of every split (train in each of `views`), labels and raw metadata, saved as arrays."""
     from skin_fusion import SkinFusionConfig, SkinFusionForImageClassification, SkinFusionProcessor
-    from skin_fusion.backbone_weights import load_backbone_weights
-    from skin_fusion.data import load_lesion_dataset
-    from skin_fusion.feature_cache import add_image_features, feature_matrix
-    from skin_fusion.runtime import configure_torch_threads
+    from skin_fusion.weights.backbone_weights import load_backbone_weights
+    from skin_fusion.data.loading import load_lesion_dataset
+    from skin_fusion.data.feature_cache import add_image_features, feature_matrix
+    from skin_fusion.threads import configure_torch_threads
 
     configure_torch_threads()
     lesions = load_lesion_dataset(str(DATA), **SPLIT)
@@ -136,8 +137,8 @@ def train_heads(recipe: Recipe, modality: str, seed: int, facts: dict, processor
     import torch
 
     from skin_fusion import SkinFusionConfig, SkinFusionForImageClassification
-    from skin_fusion.balancing import class_weights
-    from skin_fusion.metrics import balanced_accuracy
+    from skin_fusion.data.balancing import class_weights
+    from skin_fusion.evaluation.metrics import balanced_accuracy
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -196,9 +197,9 @@ def scores(logits: np.ndarray, labels: np.ndarray, offsets: list[float] | None) 
     from scipy.special import softmax
     from sklearn.metrics import roc_auc_score
 
-    from skin_fusion.calibration import expected_calibration_error
-    from skin_fusion.metrics import balanced_accuracy
-    from skin_fusion.modeling_skin_fusion import predicted_classes
+    from skin_fusion.training.calibration import expected_calibration_error
+    from skin_fusion.evaluation.metrics import balanced_accuracy
+    from skin_fusion.modeling.modeling_skin_fusion import predicted_classes
 
     probabilities = softmax(logits, axis=1)
     return {
@@ -211,7 +212,7 @@ def scores(logits: np.ndarray, labels: np.ndarray, offsets: list[float] | None) 
 
 def evaluate_recipe(recipe: Recipe, seed: int, folder: Path) -> dict[str, Any]:
     """Fusion (scored with metadata and with nothing recorded) and image-only heads of one recipe and seed."""
-    from skin_fusion.calibration import fit_decision_offsets, fit_temperature
+    from skin_fusion.training.calibration import fit_decision_offsets, fit_temperature
 
     facts, processor, train, validation, test = load_arrays(folder, recipe.views)
     prior = np.bincount(train.labels, minlength=len(facts["label_names"])) + 1.0
@@ -264,7 +265,8 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
     for name, rows in by_recipe.items():
         lines.append(
             f"| {name} | {len(rows)} | {cell(rows, 'fusion', 'balanced_accuracy')} | "
-            f"{cell(rows, 'fusion_nothing_recorded', 'balanced_accuracy')} | {cell(rows, 'image', 'balanced_accuracy')} "
+            f"{cell(rows, 'fusion_nothing_recorded', 'balanced_accuracy')} | "
+            f"{cell(rows, 'image', 'balanced_accuracy')} "
             f"| {cell(rows, 'fusion', 'macro_auc')} / {cell(rows, 'fusion_nothing_recorded', 'macro_auc')} | "
             f"{cell(rows, 'image', 'macro_auc')} |")
     return "\n".join(lines)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(BENCH))
 from data_memory import DEFAULT_DATA, MIB, PeakRSS, run_fresh  # noqa: E402
 from machine_info import machine_info  # noqa: E402
 
-from skin_fusion.runtime import cpu_busy  # noqa: E402
+from skin_fusion.threads import cpu_busy  # noqa: E402
 
 RESULTS = BENCH / "results"
 MODEL_FLAGS = ["--backbone", "skin_fusion_small_cnn", "--backbone_weights", "none", "--image_size", "64",
@@ -47,9 +47,9 @@ def measure(data: str, size: int, threads: int) -> dict[str, float]:
     from training_throughput import pipeline_trainer, training_arguments
     from transformers import set_seed
 
-    from skin_fusion.modeling_skin_fusion import SkinFusionForImageClassification
-    from skin_fusion.runtime import configure_torch_threads
-    from skin_fusion.training import build_processor_and_config, load_training_data
+    from skin_fusion.modeling.modeling_skin_fusion import SkinFusionForImageClassification
+    from skin_fusion.threads import configure_torch_threads
+    from skin_fusion.training.run import build_processor_and_config, load_training_data
 
     datasets.disable_progress_bars()
     if threads:

@@ -38,15 +38,15 @@ sys.path[:0] = [str(REPO), str(BENCH)]
 
 from machine_info import machine_info  # noqa: E402
 
-from skin_fusion.runtime import cpu_busy  # noqa: E402
+from skin_fusion.threads import cpu_busy  # noqa: E402
 
-from skin_fusion.backbone_weights import load_backbone_weights  # noqa: E402
-from skin_fusion.data import LesionDataset  # noqa: E402
-from skin_fusion.fine_tuning import SkinFusionTrainer  # noqa: E402
-from skin_fusion.modeling_skin_fusion import SkinFusionForImageClassification  # noqa: E402
-from skin_fusion.runtime import configure_torch_threads  # noqa: E402
-from skin_fusion.training import build_processor_and_config, load_training_data, training_split  # noqa: E402
-from skin_fusion.training_args import (  # noqa: E402
+from skin_fusion.weights.backbone_weights import load_backbone_weights  # noqa: E402
+from skin_fusion.data.loading import LesionDataset  # noqa: E402
+from skin_fusion.training.trainer import SkinFusionTrainer  # noqa: E402
+from skin_fusion.modeling.modeling_skin_fusion import SkinFusionForImageClassification  # noqa: E402
+from skin_fusion.threads import configure_torch_threads  # noqa: E402
+from skin_fusion.training.run import build_processor_and_config, load_training_data, training_split  # noqa: E402
+from skin_fusion.training.arguments import (  # noqa: E402
     DataArguments,
     ModelArguments,
     SkinFusionTrainingArguments,

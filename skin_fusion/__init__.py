@@ -6,10 +6,10 @@ so that `save_pretrained` / `push_to_hub` copy their code (an `auto_map` in conf
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, AutoProcessor
 
-from .configuration_skin_fusion import SkinFusionConfig
-from .metadata_encoding import MetadataEncoder, MetadataError
-from .modeling_skin_fusion import SkinFusionForImageClassification, SkinFusionModel
-from .processing_skin_fusion import SkinFusionProcessor
+from .modeling.configuration_skin_fusion import SkinFusionConfig
+from .modeling.metadata_encoding import MetadataEncoder, MetadataError
+from .modeling.modeling_skin_fusion import SkinFusionForImageClassification, SkinFusionModel
+from .modeling.processing_skin_fusion import SkinFusionProcessor
 
 AutoConfig.register(SkinFusionConfig.model_type, SkinFusionConfig, exist_ok=True)
 AutoModel.register(SkinFusionConfig, SkinFusionModel, exist_ok=True)

@@ -113,8 +113,8 @@ def main() -> None:
     """Photograph the app with a model (default: a tiny untrained one) for the README."""
     from playwright.sync_api import sync_playwright
 
-    from skin_fusion.inference import SkinFusionPredictor
-    from skin_fusion.synthetic import ensure_default_dataset
+    from skin_fusion.serving.predictor import SkinFusionPredictor
+    from skin_fusion.data.synthetic import ensure_default_dataset
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model", help="model directory or Hub id (default: a tiny untrained test model)")

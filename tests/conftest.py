@@ -12,7 +12,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Imported after the environment above: huggingface_hub and datasets read it when they are imported.
 import datasets  # noqa: E402
 
-from skin_fusion.inference import SkinFusionPredictor  # noqa: E402
+from skin_fusion.serving.predictor import SkinFusionPredictor  # noqa: E402
 from tests.app_fixtures import save_tiny_model  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -20,8 +20,8 @@ from PIL import Image, ImageOps
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 import app
-from skin_fusion.image_io import MAX_UPLOAD_BYTES
-from skin_fusion.synthetic import generate_synthetic_lesions
+from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES
+from skin_fusion.data.synthetic import generate_synthetic_lesions
 from tests.app_fixtures import lesion_image, running_app
 
 REPO = Path(__file__).resolve().parents[1]

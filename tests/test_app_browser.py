@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from skin_fusion.inference import SkinFusionPredictor
-from skin_fusion.synthetic import generate_synthetic_lesions
+from skin_fusion.serving.predictor import SkinFusionPredictor
+from skin_fusion.data.synthetic import generate_synthetic_lesions
 from tests.app_fixtures import (
     CHROMIUM,
     CHROMIUM_ARGS,

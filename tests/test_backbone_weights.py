@@ -7,8 +7,8 @@ from skimage.data import coffee
 from PIL import Image
 
 from skin_fusion import SkinFusionConfig, SkinFusionForImageClassification, SkinFusionProcessor
-from skin_fusion.backbone_weights import load_backbone_weights
-from skin_fusion.lite_weights import load_lite_state_dict
+from skin_fusion.weights.backbone_weights import load_backbone_weights
+from skin_fusion.weights.lite_weights import load_lite_state_dict
 
 ESPRESSO = 967
 

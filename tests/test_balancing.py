@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from skin_fusion.balancing import (
+from skin_fusion.data.balancing import (
     BALANCING_STRATEGIES,
     balance_dataset,
     balancing_stage,

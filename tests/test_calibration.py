@@ -1,11 +1,11 @@
-"""Expected calibration error and temperature scaling in `skin_fusion.calibration`."""
+"""Expected calibration error and temperature scaling in `skin_fusion.training.calibration`."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.special import log_softmax, softmax
 
-from skin_fusion.calibration import (
+from skin_fusion.training.calibration import (
     TEMPERATURE_BOUNDS,
     apply_temperature,
     expected_calibration_error,
@@ -114,8 +114,8 @@ def test_ece_refuses_logits():
 
 
 def test_decision_offsets_raise_balanced_accuracy_of_a_model_that_favours_the_majority():
-    from skin_fusion.calibration import ADJUSTMENT_STRENGTHS, fit_decision_offsets
-    from skin_fusion.metrics import balanced_accuracy
+    from skin_fusion.training.calibration import ADJUSTMENT_STRENGTHS, fit_decision_offsets
+    from skin_fusion.evaluation.metrics import balanced_accuracy
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], [800, 150, 50])
@@ -130,7 +130,7 @@ def test_decision_offsets_raise_balanced_accuracy_of_a_model_that_favours_the_ma
 
 
 def test_decision_offsets_stay_zero_when_the_plain_arg_max_is_already_balanced():
-    from skin_fusion.calibration import fit_decision_offsets
+    from skin_fusion.training.calibration import fit_decision_offsets
 
     labels = np.repeat([0, 1], 50)
     logits = np.eye(2)[labels] * 4.0

@@ -3,7 +3,7 @@
 import pytest
 
 from skin_fusion import SkinFusionConfig
-from skin_fusion.configuration_skin_fusion import DEFAULT_LABELS
+from skin_fusion.modeling.configuration_skin_fusion import DEFAULT_LABELS
 
 
 def test_default_is_the_study_model_efficientnet_b4_fusion_on_three_classes():

@@ -11,8 +11,8 @@ import pandas as pd
 import PIL.Image
 import pytest
 
-from skin_fusion.data import LesionDataError, load_lesion_dataset
-from skin_fusion.splits import split_overlap
+from skin_fusion.data.loading import LesionDataError, load_lesion_dataset
+from skin_fusion.data.splits import split_overlap
 from tests.helpers import HAM_DX_COUNTS
 
 

@@ -8,8 +8,8 @@ import pandas as pd
 import PIL.Image
 import pytest
 
-from skin_fusion.eda import main, run_eda
-from skin_fusion.synthetic import generate_synthetic_lesions
+from skin_fusion.reports.eda import main, run_eda
+from skin_fusion.data.synthetic import generate_synthetic_lesions
 from tests.helpers import HAM_DX_COUNTS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

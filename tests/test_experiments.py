@@ -1,4 +1,4 @@
-"""`python -m skin_fusion.experiments` on a tiny data set: one row per run, numbers from the reports, resumable."""
+"""`python -m skin_fusion.training.experiments` on a tiny data set: a row per run, numbers from reports, resumable."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import skin_fusion.training
-from skin_fusion.experiments import REPORT_NAME, comparison_plan, run_comparison
-from skin_fusion.synthetic import generate_synthetic_lesions
+import skin_fusion.training.run
+from skin_fusion.training.experiments import REPORT_NAME, comparison_plan, run_comparison
+from skin_fusion.data.synthetic import generate_synthetic_lesions
 
 RUNS = ["metadata_mlp", "small_cnn", "fusion_lite0"]
 # train.py flags for every run: the fusion run gets the plain CNN too, so nothing needs pretrained weights.
@@ -86,7 +86,7 @@ def test_rerun_skips_finished_runs(comparison, lesion_folder, monkeypatch):
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(skin_fusion.training, "run_training", must_not_train)
+    monkeypatch.setattr(skin_fusion.training.run, "run_training", must_not_train)
     again = run_comparison(tiny_comparison_argv(lesion_folder, out))
     assert [row["test_metrics"] for row in again["runs"]] == [row["test_metrics"] for row in first["runs"]]
     assert {row["name"]: (Path(row["run_dir"]) / REPORT_NAME).stat().st_mtime_ns for row in again["runs"]} == reports

@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from skin_fusion.explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heatmap
+from skin_fusion.serving.explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heatmap
 from tests.helpers import TINY_SIZE, tiny_model
 
 

@@ -10,9 +10,9 @@ import torch
 from transformers import AutoModelForImageClassification, AutoProcessor, set_seed
 
 import skin_fusion  # noqa: F401  (registers the Auto classes)
-from skin_fusion.balancing import class_counts
-from skin_fusion.data import load_lesion_dataset
-from skin_fusion.feature_cache import (
+from skin_fusion.data.balancing import class_counts
+from skin_fusion.data.loading import load_lesion_dataset
+from skin_fusion.data.feature_cache import (
     add_image_features,
     cached_inputs,
     feature_extractor,
@@ -20,10 +20,10 @@ from skin_fusion.feature_cache import (
     pooled_features,
     smote_inputs,
 )
-from skin_fusion.modeling_skin_fusion import SkinFusionForImageClassification
-from skin_fusion.synthetic import generate_synthetic_lesions
-from skin_fusion.training import run_training
-from skin_fusion.training_args import parse_training_arguments
+from skin_fusion.modeling.modeling_skin_fusion import SkinFusionForImageClassification
+from skin_fusion.data.synthetic import generate_synthetic_lesions
+from skin_fusion.training.run import run_training
+from skin_fusion.training.arguments import parse_training_arguments
 from tests.helpers import TINY_SIZE, fitted_processor, tiny_model
 
 EPOCHS = "3"
@@ -170,7 +170,7 @@ def test_smote_trains_the_image_model_on_cached_features(lesion_folder, lesions,
 def test_cached_inputs_serve_a_whole_batch_equal_to_stacked_rows():
     from torch.utils.data import DataLoader
 
-    from skin_fusion.feature_cache import CachedInputs, collate_inputs
+    from skin_fusion.data.feature_cache import CachedInputs, collate_inputs
 
     rng = np.random.default_rng(0)
     inputs = {"image_features": rng.normal(size=(10, 4)), "metadata": rng.normal(size=(10, 3)),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skin_fusion.image_io import MAX_UPLOAD_BYTES, MIN_SIDE, ImageInputError, load_rgb_image
+from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, MIN_SIDE, ImageInputError, load_rgb_image
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:

@@ -10,7 +10,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 from skin_fusion import MetadataError
-from skin_fusion.inference import ModelNotFoundError, SkinFusionPredictor, centre_crop_box, dihedral_views
+from skin_fusion.serving.predictor import ModelNotFoundError, SkinFusionPredictor, centre_crop_box, dihedral_views
 from tests.app_fixtures import lesion_image, save_tiny_model, symmetric_lesion
 
 METADATA = {"age": 55, "sex": "female", "anatom_site_general": "face"}

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from skin_fusion import lite_weights
-from skin_fusion.lite_weights import (
+from skin_fusion.weights import lite_weights
+from skin_fusion.weights.lite_weights import (
     LITE_WEIGHT_PACKAGES,
     has_lite_weights,
     load_lite_state_dict,

@@ -1,4 +1,4 @@
-"""The shipped `lesion_metrics` evaluate module and the Trainer adapter in `skin_fusion.metrics`."""
+"""The shipped `lesion_metrics` evaluate module and the Trainer adapter in `skin_fusion.evaluation.metrics`."""
 
 import multiprocessing
 import os
@@ -17,9 +17,9 @@ from sklearn.metrics import (
 )
 from transformers import EvalPrediction
 
-from skin_fusion import metrics
-from skin_fusion.calibration import expected_calibration_error
-from skin_fusion.metrics import build_compute_metrics, confusion_matrix_from, load_lesion_metric
+from skin_fusion.evaluation import metrics
+from skin_fusion.training.calibration import expected_calibration_error
+from skin_fusion.evaluation.metrics import build_compute_metrics, confusion_matrix_from, load_lesion_metric
 
 NUM_CLASSES = 7
 LABEL_NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]

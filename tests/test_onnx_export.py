@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from skin_fusion.onnx_export import (
+from skin_fusion.serving.onnx import (
     ATOL,
     RTOL,
     OnnxMismatchError,

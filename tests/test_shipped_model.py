@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 import skin_fusion  # noqa: F401  (registers the Auto classes)
-from skin_fusion.model_card import load_card_facts, render_model_card
+from skin_fusion.reports.model_card import load_card_facts, render_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "skin-fusion-ham10000"

@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 import pytest
 
-from skin_fusion.splits import assign_splits, grouped_stratified_split, split_overlap, stratified_subsample
+from skin_fusion.data.splits import assign_splits, grouped_stratified_split, split_overlap, stratified_subsample
 
 
 def lesion_like(n_groups: int = 600, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skin_fusion import synthetic
-from skin_fusion.synthetic import (
+from skin_fusion.data import synthetic
+from skin_fusion.data.synthetic import (
     DEFAULT_CLASSES,
     MANIFEST_NAME,
     ensure_default_dataset,

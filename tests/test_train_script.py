@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from skin_fusion.checkpoints import last_complete_checkpoint
-from skin_fusion.synthetic import generate_synthetic_lesions
+from skin_fusion.training.checkpoints import last_complete_checkpoint
+from skin_fusion.data.synthetic import generate_synthetic_lesions
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "skin_fusion_small_cnn", "--image_size", "48", "--backbone_weights", "none",

@@ -13,10 +13,10 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 import skin_fusion  # noqa: F401  (registers the Auto classes)
-from skin_fusion.calibration import ADJUSTMENT_STRENGTHS
-from skin_fusion.synthetic import generate_synthetic_lesions
-from skin_fusion.training import run_training
-from skin_fusion.training_args import parse_training_arguments
+from skin_fusion.training.calibration import ADJUSTMENT_STRENGTHS
+from skin_fusion.data.synthetic import generate_synthetic_lesions
+from skin_fusion.training.run import run_training
+from skin_fusion.training.arguments import parse_training_arguments
 
 TINY = ["--backbone", "skin_fusion_small_cnn", "--image_size", "64", "--backbone_weights", "none",
         "--metadata_hidden_sizes", "32", "16", "--head_hidden_sizes", "64", "--freeze_epochs", "0",
@@ -55,7 +55,7 @@ def test_fusion_beats_each_single_modality(fusion_run, lesion_folder, tmp_path):
     report = fusion_run[0]
     fusion = report.test_metrics["balanced_accuracy"]
     metadata = train(lesion_folder, tmp_path / "metadata", "--modality", "metadata")
-    # The synthetic set puts one half of the answer in each modality (see skin_fusion/synthetic.py); the image-only
+    # The synthetic set puts one half of the answer in each modality (see skin_fusion/data/synthetic.py); the image-only
     # model is the fusion run's twin (--compare_image_only, on by default).
     assert fusion > report.image_only_test_metrics["balanced_accuracy"] + 0.05
     assert fusion > metadata.test_metrics["balanced_accuracy"] + 0.05
@@ -146,7 +146,7 @@ def test_smote_trains_the_metadata_only_model(lesion_folder, tmp_path):
 
 
 def test_the_card_renders_again_from_its_saved_facts_with_plots_linked_from_elsewhere(fusion_run, tmp_path):
-    from skin_fusion.model_card import main as render_card
+    from skin_fusion.reports.model_card import main as render_card
 
     _, output_dir = fusion_run
     assert render_card([str(output_dir), "--out", str(tmp_path / "model_card.md")]) == 0

@@ -180,7 +180,7 @@ def generate_synthetic_lesions(
     (out_dir / "metadata.csv").write_bytes(metadata)
     (out_dir / "README.md").write_text(_readme(n_images, image_size, seed, class_names, rows), encoding="utf-8")
     manifest = {
-        "generator": "skin_fusion.synthetic",
+        "generator": "skin_fusion.data.synthetic",
         "version": GENERATOR_VERSION,
         "arguments": {"n_images": n_images, "image_size": image_size, "seed": seed, "class_names": list(class_names)},
         "files": len(rows),
@@ -394,7 +394,7 @@ def _readme(n_images: int, image_size: int, seed: int, class_names: tuple[str, .
     lines = [
         "# SYNTHETIC demo data — not real skin lesions",
         "",
-        "Every image in this folder was drawn by a program (`skin_fusion.synthetic`, generator version "
+        "Every image in this folder was drawn by a program (`skin_fusion.data.synthetic`, generator version "
         f"{GENERATOR_VERSION}, seed {seed}). No image shows a real lesion and no row describes a real patient.",
         "It exists so that SkinFusion's training, evaluation and demo run without downloading anything.",
         "A model trained on it has learned nothing about dermatology: never use it for any medical purpose.",
@@ -405,7 +405,7 @@ def _readme(n_images: int, image_size: int, seed: int, class_names: tuple[str, .
         f"- metadata: `age`, `sex`, `anatom_site_general`, each about {MISSING_PROB:.0%} empty (missing)",
         "- layout: Hugging Face imagefolder; load with `datasets.load_dataset(\"imagefolder\", data_dir=...)`",
         "",
-        "Regenerate: `skin_fusion.synthetic.generate_synthetic_lesions(out_dir, "
+        "Regenerate: `skin_fusion.data.synthetic.generate_synthetic_lesions(out_dir, "
         f"n_images={n_images}, image_size={image_size}, seed={seed}"
         + ("" if tuple(class_names) == DEFAULT_CLASSES else f", class_names={tuple(class_names)!r}")
         + ")`.",

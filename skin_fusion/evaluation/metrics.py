@@ -1,6 +1,6 @@
 """Evaluation metrics for SkinFusion: the shipped `lesion_metrics` evaluate module, and its `Trainer` adapter.
 
-The metric module lives in `skin_fusion/lesion_metrics/` and is loaded by path, so it works offline
+The metric module lives in `skin_fusion/evaluation/lesion_metrics/` and is loaded by path, so it works offline
 (`evaluate.load("accuracy")` needs the Hub). The confusion matrix is not a scalar, so it stays out of the Trainer dict:
 use `confusion_matrix_from` (or the module's own `confusion_matrix` output) on the predictions instead.
 """

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from .calibration import expected_calibration_error  # noqa: E402
+from ..training.calibration import expected_calibration_error  # noqa: E402
 from .metrics import balanced_accuracy, load_lesion_metric  # noqa: E402
 
 AGE_BANDS = (0, 30, 45, 60, 75, 200)

@@ -115,19 +115,19 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
         if pixel_values is not None and image_features is not None:
             raise ValueError(
                 "Pass either `pixel_values` or `image_features`, not both: `image_features` are the backbone's pooled "
-                "features of those same images (see `skin_fusion.feature_cache`), used instead of running it."
+                "features of those same images (see `skin_fusion.data.feature_cache`), used instead of running it."
             )
         if pixel_values is None and image_features is None:
             raise ValueError(
                 f"modality={self.config.modality!r} needs `pixel_values` (run the image through SkinFusionProcessor) "
-                "or cached `image_features` (see `skin_fusion.feature_cache`); or use modality='metadata'."
+                "or cached `image_features` (see `skin_fusion.data.feature_cache`); or use modality='metadata'."
             )
         width = self.backbone.num_features
         if image_features is not None and (image_features.ndim != 2 or image_features.shape[-1] != width):
             raise ValueError(
                 f"image_features has shape {tuple(image_features.shape)} but backbone {self.config.backbone!r} pools "
                 f"(batch, {width}); extract them from this model's backbone with "
-                "`skin_fusion.feature_cache.extract_image_features`."
+                "`skin_fusion.data.feature_cache.extract_image_features`."
             )
 
     def forward(
@@ -146,7 +146,7 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
                 required unless `modality="image"`.
             image_features (`torch.FloatTensor` of shape `(batch, backbone.num_features)`, *optional*):
                 The backbone's pooled features of the images (`forward_head(..., pre_logits=True)`), cached by
-                `skin_fusion.feature_cache`; used instead of running the backbone on `pixel_values`.
+                `skin_fusion.data.feature_cache`; used instead of running the backbone on `pixel_values`.
 
         Returns:
             `BaseModelOutputWithPooling` whose `pooler_output` is the fused feature vector and whose

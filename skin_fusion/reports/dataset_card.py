@@ -1,8 +1,8 @@
 """The dataset card (`dataset_card.md` at the repository root): the embedded synthetic default set and the real sets
 SkinFusion supports, with every number read from the EDA (`eda.json`) of each set, never typed by hand.
 
-`python -m skin_fusion.dataset_card --out dataset_card.md` runs the EDA on the embedded default and on each real set
-found under `../shared/data`, renders the card from a Jinja2 template and checks that its YAML header parses.
+`python -m skin_fusion.reports.dataset_card --out dataset_card.md` runs the EDA on the embedded default and on each
+real set found under `../shared/data`, renders the card from a Jinja2 template and checks that its YAML header parses.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 import jinja2
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from .data import SPLIT_NAMES
+from ..data.loading import SPLIT_NAMES
 from .eda import MISSING_VALUE, run_eda
-from .synthetic import ensure_default_dataset
+from ..data.synthetic import ensure_default_dataset
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
 DEFAULT_LICENSE = "apache-2.0"
 # Missingness is called class-dependent below this chi-squared p-value (a strict level: several columns are tested).
 MISSINGNESS_P_VALUE = 0.001
@@ -81,17 +81,18 @@ CARD_TEMPLATE = """\
 # SkinFusion lesion data
 
 > **The embedded default data set is SYNTHETIC.** Its {{ default.rows | int_ }} images are drawn by a program \
-(`skin_fusion.synthetic`, generator version {{ default.synthetic.version }}): they are not photographs of real skin
+(`skin_fusion.data.synthetic`, generator version {{ default.synthetic.version }}): they are not photographs of real skin
 > lesions, and its metadata describe no real patient. It exists so that SkinFusion's training, tests and demo
 > run offline. A model trained on it has learned nothing about dermatology: never use it for any medical purpose.
 
 SkinFusion classifies a dermoscopy image together with the patient's metadata (age, sex, anatomical site). This
 card documents the data it works with: the embedded synthetic default, generated on the user's machine, and the
 real sets it supports ({{ real_sets | map(attribute="title") | join("; ") }}), which keep their own licences and \
-are **not redistributed** with SkinFusion. Every number below was computed by `skin_fusion.eda` (its `eda.json`) on
-the data itself when this card was generated (`python -m skin_fusion.dataset_card --out dataset_card.md`).
+are **not redistributed** with SkinFusion. Every number below was computed by `skin_fusion.reports.eda` \
+(its `eda.json`) on
+the data itself when this card was generated (`python -m skin_fusion.reports.dataset_card --out dataset_card.md`).
 
-All sets load with `skin_fusion.data.load_lesion_dataset(source)` as train / validation / test splits with the
+All sets load with `skin_fusion.data.loading.load_lesion_dataset(source)` as train / validation / test splits with the
 columns `image`, `label` (a ClassLabel), the metadata columns and the group column. Where a set has no official
 splits they are carved out by label-stratified splitting grouped by lesion, so that no lesion lands in two splits.
 
@@ -106,10 +107,10 @@ splits they are carved out by label-stratified splitting grouped by lesion, so t
   class-dependent distributions. The classes overlap on purpose (some lesions are drawn to look like another class,
   metadata distributions are wide, cells are left empty at random) so that neither the image nor the metadata
   alone reaches what both reach together. A lesion has one or more images under one `lesion_id`.
-- **Deterministic**: `skin_fusion.synthetic.generate_synthetic_lesions(out_dir, n_images={{ args.n_images }}, \
+- **Deterministic**: `skin_fusion.data.synthetic.generate_synthetic_lesions(out_dir, n_images={{ args.n_images }}, \
 image_size={{ args.image_size }}, seed={{ args.seed }})` (generator version {{ default.synthetic.version }}) writes \
 byte-identical files on every machine; its `metadata.csv` has SHA-256 `{{ default.synthetic.metadata_sha256 }}`.
-  `skin_fusion.synthetic.ensure_default_dataset()` generates it once into `~/.cache/skin_fusion/` and reuses it.
+  `skin_fusion.data.synthetic.ensure_default_dataset()` generates it once into `~/.cache/skin_fusion/` and reuses it.
 - **Layout**: a Hugging Face `imagefolder` (`images/*.png`, `metadata.csv` with `file_name` first, a `README.md`
   that says the data is synthetic, and `manifest.json`, written last, which marks the folder complete).
 - **Licence**: Apache-2.0, like SkinFusion; the generator draws every pixel, nothing is derived from real images.
@@ -254,7 +255,7 @@ def render_dataset_card(default: dict[str, Any], real: dict[str, dict[str, Any] 
     if not default.get("synthetic"):
         raise ValueError(
             f"the default set {default.get('source')!r} is not a complete synthetic set (no manifest.json); pass the "
-            "folder of skin_fusion.synthetic.ensure_default_dataset()."
+            "folder of skin_fusion.data.synthetic.ensure_default_dataset()."
         )
     environment = _environment()
     set_template = environment.from_string(SET_TEMPLATE)
@@ -395,7 +396,8 @@ def _extra(facts: dict[str, Any] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m skin_fusion.dataset_card", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m skin_fusion.reports.dataset_card",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="dataset_card.md", help="where to write the card")
     parser.add_argument("--data-root", default=os.path.relpath(DEFAULT_DATA_ROOT),
                         help="folder holding ham10000/, isic2017/, isic-seed3/ (absent sets are listed, not analysed)")

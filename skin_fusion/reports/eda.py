@@ -1,8 +1,8 @@
 """Exploratory analysis of a lesion data set's metadata: class counts, missing values, metadata by class, lesion
 grouping, leaky columns, and how much each metadata feature says about the label.
 
-`python -m skin_fusion.eda DATA --out DIR` writes `DIR/report.md`, PNG plots and `DIR/eda.json`, which holds every
-number of the report so that other code (the dataset card) reads numbers rather than prose. Images are never
+`python -m skin_fusion.reports.eda DATA --out DIR` writes `DIR/report.md`, PNG plots and `DIR/eda.json`, which holds
+every number of the report so that other code (the dataset card) reads numbers rather than prose. Images are never
 decoded: only metadata columns are read, so HAM10000's 10,013 rows take seconds.
 """
 
@@ -25,7 +25,7 @@ from scipy.stats import chi2_contingency  # noqa: E402
 from sklearn.ensemble import RandomForestClassifier  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score  # noqa: E402
 
-from .data import (  # noqa: E402
+from ..data.loading import (  # noqa: E402
     LABEL_CANDIDATES,
     LEAKY_COLUMNS,
     SPLIT_ALIASES,
@@ -34,9 +34,9 @@ from .data import (  # noqa: E402
     LesionDataset,
     load_lesion_dataset,
 )
-from .metadata_encoding import MetadataEncoder, MetadataError, is_missing, normalise_category  # noqa: E402
-from .splits import split_overlap  # noqa: E402
-from .synthetic import MANIFEST_NAME, ensure_default_dataset, is_complete  # noqa: E402
+from ..modeling.metadata_encoding import MetadataEncoder, MetadataError, is_missing, normalise_category  # noqa: E402
+from ..data.splits import split_overlap  # noqa: E402
+from ..data.synthetic import MANIFEST_NAME, ensure_default_dataset, is_complete  # noqa: E402
 
 MISSING_VALUE = "(missing)"
 # The classical metadata-only model; class weights because balanced accuracy is the project's headline metric.
@@ -464,7 +464,7 @@ def render_report(facts: dict[str, Any], plots: dict[str, str]) -> str:
     names, counts = facts["label_names"], facts["class_counts"]
     lines = [f"# EDA: {facts['name']}", ""]
     if facts["synthetic"]:
-        lines += ["**SYNTHETIC data** (drawn by `skin_fusion.synthetic`, generator version "
+        lines += ["**SYNTHETIC data** (drawn by `skin_fusion.data.synthetic`, generator version "
                   f"{facts['synthetic']['version']}): not real lesions.", ""]
     columns = facts["columns"]
     lines += [
@@ -608,7 +608,7 @@ def _score(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m skin_fusion.eda", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m skin_fusion.reports.eda", description=__doc__.split("\n\n")[0])
     parser.add_argument("data", nargs="?", help="imagefolder, CSV or Hub id; omit (or --default) for the embedded set")
     parser.add_argument("--default", action="store_true", help="analyse the embedded synthetic default set")
     parser.add_argument("--out", required=True, help="folder for report.md, eda.json and the plots")

@@ -5,10 +5,10 @@ The graph takes the inputs of the model's modality (`pixel_values` `(batch, 3, H
 `config.temperature`: `softmax(logits)` are the calibrated probabilities. The processor stays in Python; run images
 and metadata through the `SkinFusionProcessor` saved beside the model first.
 
-    python -m skin_fusion.onnx_export outputs/skin-fusion            # writes outputs/skin-fusion/model.onnx
+    python -m skin_fusion.serving.onnx outputs/skin-fusion            # writes outputs/skin-fusion/model.onnx
 
 ```python
-from skin_fusion.onnx_export import OnnxSkinFusion
+from skin_fusion.serving.onnx import OnnxSkinFusion
 
 session = OnnxSkinFusion.from_pretrained("outputs/skin-fusion")
 logits = session(pixel_values=inputs["pixel_values"], metadata=inputs["metadata"])   # numpy (batch, num_labels)
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .configuration_skin_fusion import SkinFusionConfig
-from .modeling_skin_fusion import SkinFusionForImageClassification
-from .runtime import thread_count
+from ..modeling.configuration_skin_fusion import SkinFusionConfig
+from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification
+from ..threads import thread_count
 
 ONNX_FILE_NAME = "model.onnx"
 # Opset 18 is the exporter's native opset (no version conversion) and ONNX Runtime >= 1.14 runs it.
@@ -196,7 +196,7 @@ class OnnxSkinFusion:
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise FileNotFoundError(
-                f"No ONNX model at '{onnx_path}'. Export one with `python -m skin_fusion.onnx_export MODEL_DIR`."
+                f"No ONNX model at '{onnx_path}'. Export one with `python -m skin_fusion.serving.onnx MODEL_DIR`."
             )
         ort = _onnxruntime()
         options = ort.SessionOptions()
@@ -215,7 +215,7 @@ class OnnxSkinFusion:
     def from_pretrained(
         cls, model_dir: str | Path, num_threads: int | None = None, spin: bool = False
     ) -> OnnxSkinFusion:
-        """The session on `model_dir/model.onnx` (written by `python -m skin_fusion.onnx_export model_dir`)."""
+        """The session on `model_dir/model.onnx` (written by `python -m skin_fusion.serving.onnx model_dir`)."""
         if not Path(model_dir).is_dir():
             raise FileNotFoundError(f"No model directory at '{model_dir}'. {MAKE_MODEL_HINT}, then export it.")
         return cls(Path(model_dir) / ONNX_FILE_NAME, num_threads=num_threads, spin=spin)

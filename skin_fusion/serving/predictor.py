@@ -2,7 +2,7 @@
 optionally, test-time augmentation and a Grad-CAM heatmap. The model and its processor are loaded once.
 
 ```python
-from skin_fusion.inference import SkinFusionPredictor
+from skin_fusion.serving.predictor import SkinFusionPredictor
 
 predictor = SkinFusionPredictor.from_pretrained("outputs/skin-fusion")
 result = predictor.predict("lesion.jpg", {"age": 63, "sex": "male", "anatom_site_general": "head/neck"}, explain=True)
@@ -10,7 +10,7 @@ result.probabilities, result.label, result.uncertain, result.note, result.overla
 ```
 
 `SkinFusionPredictor.from_pretrained(..., runtime="onnx")` runs the forwards that need no gradient (the plain
-prediction and test-time augmentation) in ONNX Runtime on the whole exported classifier (`skin_fusion.onnx_export`),
+prediction and test-time augmentation) in ONNX Runtime on the whole exported classifier (`skin_fusion.serving.onnx`),
 checked against PyTorch when it loads; Grad-CAM always runs in PyTorch.
 """
 
@@ -29,12 +29,12 @@ from PIL import Image
 from torch import nn
 from transformers import AutoModelForImageClassification, AutoProcessor
 
-from . import MetadataEncoder, MetadataError, SkinFusionForImageClassification, SkinFusionProcessor
+from ..modeling import MetadataEncoder, MetadataError, SkinFusionForImageClassification, SkinFusionProcessor
 from .explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heatmap
 from .image_io import ImageSource, load_rgb_image
-from .metadata_encoding import is_missing
-from .onnx_export import OnnxSkinFusion, onnx_session_for
-from .runtime import configure_torch_threads
+from ..modeling.metadata_encoding import is_missing
+from .onnx import OnnxSkinFusion, onnx_session_for
+from ..threads import configure_torch_threads
 
 # Below this top probability, or this lead over the runner-up, a prediction is flagged as uncertain.
 MIN_PROBABILITY = 0.6

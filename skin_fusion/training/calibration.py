@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from .metrics import balanced_accuracy
+from ..evaluation.metrics import balanced_accuracy
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 # Strengths of the post-hoc logit adjustment tried on validation data (0 = the most probable class is the decision).

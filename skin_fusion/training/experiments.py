@@ -1,7 +1,7 @@
 """The original study's comparison in one command: every baseline and a small fusion sweep on one data set.
 
-    python -m skin_fusion.experiments [--dataset DATA] --out DIR [--budget quick|full] [--image_size N] [--epochs N]
-        [--resnet resnet18|resnet10t] [--sweep one_at_a_time|grid|none] [--only NAME ...] [--runs_dir DIR]
+    python -m skin_fusion.training.experiments [--dataset DATA] --out DIR [--budget quick|full] [--image_size N]
+        [--epochs N] [--resnet resnet18|resnet10t] [--sweep one_at_a_time|grid|none] [--only NAME ...] [--runs_dir DIR]
         [--list] [TRAIN.PY FLAGS ...]
 
 Every run is one in-process `run_training` call whose arguments are train.py's own flags (parsed by
@@ -148,8 +148,8 @@ def run_once(argv: list[str], run_dir: Path) -> None:
         logger.info("Skipping %s: %s exists.", run_dir.name, REPORT_NAME)
         return
 
-    from .training import run_training
-    from .training_args import parse_training_arguments
+    from .run import run_training
+    from .arguments import parse_training_arguments
 
     run_dir.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps({"argv": argv, "wall_seconds": None}, indent=2))
@@ -185,7 +185,7 @@ def model_description(modality: str, backbone: str) -> str:
 
 def result_row(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     """One run's facts: its settings as train.py parsed them, its test metrics exactly as its report holds them."""
-    from .training_args import parse_training_arguments
+    from .arguments import parse_training_arguments
 
     report = read_json(run_dir / REPORT_NAME)
     record = read_json(run_dir / RECORD_NAME)
@@ -237,7 +237,7 @@ def machine_facts() -> dict[str, Any]:
     """The machine the runs were trained on, as the tables state it."""
     import torch
 
-    from .runtime import configure_torch_threads
+    from ..threads import configure_torch_threads
 
     return {
         "cpu": cpu_model(),
@@ -253,8 +253,8 @@ def machine_facts() -> dict[str, Any]:
 
 def data_facts(argv: list[str]) -> dict[str, Any]:
     """Split sizes and test-set class counts of the data set every run used (same source, seed and split)."""
-    from .training import load_training_data
-    from .training_args import parse_training_arguments
+    from .run import load_training_data
+    from .arguments import parse_training_arguments
 
     _, data_args, training_args = parse_training_arguments(argv)
     lesions, synthetic = load_training_data(data_args, training_args.seed)
@@ -324,8 +324,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# SkinFusion comparison on {data_name}",
         "",
-        f"Written by `python -m skin_fusion.experiments {command_line(results['command'])}`; every number below is "
-        f"copied from the run's own `{REPORT_NAME}`.",
+        f"Written by `python -m skin_fusion.training.experiments {command_line(results['command'])}`; every number "
+        f"below is copied from the run's own `{REPORT_NAME}`.",
         "",
         f"Data: {source}{kind}, classes {', '.join(data['label_names'])}. The same split for every run "
         f"(seed {settings['seed']}{grouping}): {sizes} images. Test classes: {counts}.",
@@ -426,7 +426,7 @@ def plot_comparison(runs: list[dict[str, Any]], num_classes: int, title: str, pa
 def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """This command's options, and the remaining train.py flags for every run."""
     parser = argparse.ArgumentParser(
-        prog="python -m skin_fusion.experiments", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+        prog="python -m skin_fusion.training.experiments", description=__doc__.split("\n\n")[0], allow_abbrev=False,
         epilog="Any other --flag is a train.py flag given to every run (see python train.py --help).",
     )
     parser.add_argument("--dataset", default=None, help="Lesion data set (train.py --dataset); default: synthetic.")
@@ -458,7 +458,7 @@ def select_runs(plan: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
 
 def run_comparison(argv: list[str]) -> dict[str, Any]:
     """Train every missing run, then write results.json, results.md and comparison.png; returns the results."""
-    from .training_args import parse_training_arguments
+    from .arguments import parse_training_arguments
 
     options, extra = parse_arguments(argv)
     budget = {name: getattr(options, name) if getattr(options, name) is not None else value

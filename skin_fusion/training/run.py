@@ -20,8 +20,8 @@ import torch
 from accelerate import PartialState
 from transformers import EarlyStoppingCallback, set_seed
 
-from .backbone_weights import load_backbone_weights
-from .balancing import (
+from ..weights.backbone_weights import load_backbone_weights
+from ..data.balancing import (
     RESAMPLING_STRATEGIES,
     balance_dataset,
     class_weights,
@@ -37,9 +37,9 @@ from .calibration import (
     negative_log_likelihood,
 )
 from .checkpoints import last_complete_checkpoint
-from .configuration_skin_fusion import SkinFusionConfig
-from .data import LesionDataset, load_lesion_dataset
-from .evaluation import (
+from ..modeling.configuration_skin_fusion import SkinFusionConfig
+from ..data.loading import LesionDataset, load_lesion_dataset
+from ..evaluation.subgroups import (
     MIN_SUBGROUP_SIZE,
     evaluate_probabilities,
     plot_confusion_matrix,
@@ -47,7 +47,7 @@ from .evaluation import (
     plot_training_curves,
     subgroup_metrics,
 )
-from .feature_cache import (
+from ..data.feature_cache import (
     add_image_features,
     collate_inputs,
     cached_inputs,
@@ -58,16 +58,16 @@ from .feature_cache import (
     smote_inputs,
     withhold_metadata,
 )
-from .fine_tuning import BackboneFreezeCallback, BestWeightsInMemoryCallback, SkinFusionTrainer
+from .trainer import BackboneFreezeCallback, BestWeightsInMemoryCallback, SkinFusionTrainer
 from .hub import push_model_directory
-from .metadata_encoding import MetadataEncoder
-from .metrics import SCALAR_KEYS, build_compute_metrics
-from .model_card import ModelCardFacts, render_model_card, save_card_facts
-from .modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
-from .processing_skin_fusion import SkinFusionProcessor
-from .runtime import configure_torch_threads
-from .synthetic import ensure_default_dataset, is_complete
-from .training_args import DataArguments, ModelArguments, SkinFusionTrainingArguments
+from ..modeling.metadata_encoding import MetadataEncoder
+from ..evaluation.metrics import SCALAR_KEYS, build_compute_metrics
+from ..reports.model_card import ModelCardFacts, render_model_card, save_card_facts
+from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
+from ..modeling.processing_skin_fusion import SkinFusionProcessor
+from ..threads import configure_torch_threads
+from ..data.synthetic import ensure_default_dataset, is_complete
+from .arguments import DataArguments, ModelArguments, SkinFusionTrainingArguments
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .modeling_skin_fusion import SkinFusionForImageClassification
+from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification
 
 
 def backbone_block_names(model: SkinFusionForImageClassification) -> list[list[str]]:

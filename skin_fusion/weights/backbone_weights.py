@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .lite_weights import has_lite_weights, load_lite_state_dict
-from .modeling_skin_fusion import SkinFusionForImageClassification
+from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification
 
 
 def load_backbone_weights(model: SkinFusionForImageClassification) -> str:

@@ -1,7 +1,8 @@
 """Lesion classification metrics from per-class probabilities, as an `evaluate` module loadable by path (offline).
 
 The file is self-contained on purpose: `evaluate.load` copies it into its module cache, so it imports only libraries,
-never `skin_fusion` (its ECE mirrors `skin_fusion.calibration.expected_calibration_error`; a test keeps them equal).
+never `skin_fusion` (its ECE mirrors `skin_fusion.training.calibration.expected_calibration_error`; a test keeps them
+equal).
 """
 
 import datasets
@@ -67,7 +68,7 @@ Returns:
     confusion_matrix (`list` of `list` of `int`, rows are true classes, columns predicted classes),
     ece (`float`), num_examples (`int`).
 Examples:
-    >>> metric = evaluate.load("skin_fusion/lesion_metrics", num_classes=3)
+    >>> metric = evaluate.load("skin_fusion/evaluation/lesion_metrics", num_classes=3)
     >>> results = metric.compute(predictions=[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], references=[0, 2])
     >>> results["accuracy"]
     0.5

@@ -1,0 +1,1 @@
+"""Serving a saved model: the predictor, image checks, Grad-CAM, ONNX export and session."""

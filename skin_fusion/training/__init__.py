@@ -1,0 +1,1 @@
+"""Training: arguments and presets, the run, the Trainer subclass and its schedule, calibration, checkpoints, Hub."""

