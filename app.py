@@ -30,12 +30,14 @@ import pandas as pd
 from PIL import Image
 
 from skin_fusion import MetadataError
+from skin_fusion.data.synthetic import ensure_default_dataset
+from skin_fusion.modeling.metadata_encoding import NUMERIC_VALID_RANGES
 from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, ImageInputError
 from skin_fusion.serving.predictor import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
-from skin_fusion.modeling.metadata_encoding import NUMERIC_VALID_RANGES
-from skin_fusion.data.synthetic import ensure_default_dataset
+from skin_fusion.threads import configure_torch_threads
+from skin_fusion.training.arguments import DEFAULT_OUTPUT_DIR
 
-DEFAULT_MODEL = "outputs/skin-fusion"
+DEFAULT_MODEL = DEFAULT_OUTPUT_DIR
 # One prediction at a time (each uses all of torch's CPU threads); up to 32 more requests wait in the queue.
 CONCURRENCY_LIMIT = 1
 MAX_QUEUE = 32
@@ -185,6 +187,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **kwargs:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_torch_threads()
     try:
         predictor = load_predictor(args.model, args.runtime)
     except ModelNotFoundError as err:

@@ -7,10 +7,9 @@ where `python app.py` looks. `python train.py --help` lists every option; a sing
 import logging
 import sys
 
-
 import skin_fusion  # noqa: F401  (registers SkinFusion with the Auto classes)
-from skin_fusion.training.run import describe_run, run_training
 from skin_fusion.training.arguments import parse_training_arguments
+from skin_fusion.training.run import describe_run, run_training
 
 
 def main() -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,16 +27,15 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+from bench_model import fusion_model
+from machine_info import machine_info
 from PIL import Image
 
+from skin_fusion.serving.image_io import load_rgb_image
+from skin_fusion.serving.predictor import SkinFusionPredictor
+from skin_fusion.threads import configure_torch_threads
+
 BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH.parent), str(BENCH)]
-
-from bench_model import fusion_model  # noqa: E402
-from machine_info import machine_info  # noqa: E402
-
-from skin_fusion.serving.image_io import load_rgb_image  # noqa: E402
-from skin_fusion.serving.predictor import SkinFusionPredictor  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METADATA = {"age": 63, "sex": "male", "anatom_site_general": "head/neck"}
@@ -68,6 +66,7 @@ def saved_model(backbone: str, image_size: int, directory: Path) -> Path:
 def bench_backbone(backbone: str, image_size: int, runs: int, threads: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = saved_model(backbone, image_size, Path(tmp))
+        configure_torch_threads(threads)
         predictor = SkinFusionPredictor.from_pretrained(model_dir, num_threads=threads)
         onnx_predictor = SkinFusionPredictor.from_pretrained(model_dir, num_threads=threads, runtime="onnx")
     bare = timm.create_model(backbone, pretrained=False, num_classes=0)

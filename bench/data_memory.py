@@ -69,7 +69,6 @@ class PeakRSS:
 
 def measure(data: str, size: int) -> dict[str, float]:
     """In this (fresh) process: load `size` images, then decode each once; times in s, memory in bytes."""
-    sys.path.insert(0, str(REPO))
     import datasets
 
     from skin_fusion.data.loading import load_lesion_dataset

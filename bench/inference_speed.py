@@ -22,7 +22,6 @@ import copy
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,20 +32,17 @@ import numpy as np
 import onnxruntime
 import timm
 import torch
+from bench_model import METADATA_ROWS, fusion_model
+from machine_info import machine_info
 from torch import nn
 
+from skin_fusion import MetadataEncoder, SkinFusionForImageClassification
+from skin_fusion.serving.onnx import ATOL, RTOL, OnnxSkinFusion, export_onnx
+from skin_fusion.threads import cpu_busy
+from skin_fusion.weights.backbone_weights import load_backbone_weights
+from skin_fusion.weights.lite_weights import has_lite_weights
+
 BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH.parent), str(BENCH)]
-
-from bench_model import METADATA_ROWS, fusion_model  # noqa: E402
-from machine_info import machine_info  # noqa: E402
-
-from skin_fusion.threads import cpu_busy  # noqa: E402
-
-from skin_fusion import MetadataEncoder, SkinFusionForImageClassification  # noqa: E402
-from skin_fusion.weights.backbone_weights import load_backbone_weights  # noqa: E402
-from skin_fusion.weights.lite_weights import has_lite_weights  # noqa: E402
-from skin_fusion.serving.onnx import ATOL, RTOL, OnnxSkinFusion, export_onnx  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = (1, 8)

@@ -14,7 +14,7 @@ def machine_info() -> dict[str, object]:
     import torch
     import transformers
 
-    from skin_fusion.training.experiments import cpu_model
+    from skin_fusion.reports.machine import cpu_model
 
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

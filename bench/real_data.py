@@ -42,12 +42,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from skin_fusion.training.experiments import command_line, machine_facts, markdown_table, number, utc_now  # noqa: E402
+from skin_fusion.evaluation.metrics import SCALAR_KEYS
+from skin_fusion.reports.formatting import markdown_table, number
+from skin_fusion.reports.machine import command_line, machine_facts, utc_now
+
+REPO = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("real_data")
 
@@ -64,7 +66,7 @@ HEAD_FLAGS = ("--per_device_train_batch_size", "64", "--per_device_eval_batch_si
 # Floor on our own split: class-balanced logistic regression on the features a model sees, C chosen on validation.
 FLOOR_C = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)  # wide enough that the chosen C is inside it
 FLOOR_MAX_ITER = 2000
-TEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")  # as TrainingReport.test_metrics
+TEST_METRICS = SCALAR_KEYS  # as TrainingReport.test_metrics
 FLOOR_VARIANT = "floor on this split (logistic regression, same features)"
 FLOOR_INPUTS = {"fusion": ("image_features", "metadata"), "image": ("image_features",), "metadata": ("metadata",)}
 # What the task's published anchors and this machine's earlier floor (NOTES.md) say; `None` where no number exists.
@@ -139,8 +141,8 @@ def train(argv: list[str], finished: dict[tuple[str, ...], dict[str, Any]]) -> d
     if tuple(argv) in finished:
         logger.info("Reusing the earlier result of this run")
         return finished[tuple(argv)]
-    from skin_fusion.training.run import run_training
     from skin_fusion.training.arguments import parse_training_arguments
+    from skin_fusion.training.run import run_training
 
     output_dir = Path(argv[argv.index("--output_dir") + 1])
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -191,11 +193,11 @@ def choose_backbone(probe: list[dict[str, Any]], images: int, seconds_left: floa
 def split_arrays(argv: list[str]) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
     """Cached image features, encoded metadata and labels of each split of a run's data, built as train.py builds
     them (same split, same metadata encoder fitted on train, features from the `datasets` cache); and the labels."""
-    from skin_fusion.weights.backbone_weights import load_backbone_weights
     from skin_fusion.data.feature_cache import add_image_features, cached_inputs
     from skin_fusion.modeling.modeling_skin_fusion import SkinFusionForImageClassification
-    from skin_fusion.training.run import build_processor_and_config, load_training_data
     from skin_fusion.training.arguments import parse_training_arguments
+    from skin_fusion.training.run import build_processor_and_config, load_training_data
+    from skin_fusion.weights.backbone_weights import load_backbone_weights
 
     model_args, data_args, args = parse_training_arguments(argv)
     lesions, _ = load_training_data(data_args, args.seed)

@@ -38,10 +38,10 @@ def feature_dir(backbone: str, image_size: int) -> Path:
 def extract(backbone: str, image_size: int, views: list[str], batch_size: int) -> Path:
     """Cached features of every split (train in each of `views`), labels and raw metadata, saved as arrays."""
     from skin_fusion import SkinFusionConfig, SkinFusionForImageClassification, SkinFusionProcessor
-    from skin_fusion.weights.backbone_weights import load_backbone_weights
-    from skin_fusion.data.loading import load_lesion_dataset
     from skin_fusion.data.feature_cache import add_image_features, feature_matrix
+    from skin_fusion.data.loading import load_lesion_dataset
     from skin_fusion.threads import configure_torch_threads
+    from skin_fusion.weights.backbone_weights import load_backbone_weights
 
     configure_torch_threads()
     lesions = load_lesion_dataset(str(DATA), **SPLIT)
@@ -197,9 +197,9 @@ def scores(logits: np.ndarray, labels: np.ndarray, offsets: list[float] | None) 
     from scipy.special import softmax
     from sklearn.metrics import roc_auc_score
 
-    from skin_fusion.training.calibration import expected_calibration_error
     from skin_fusion.evaluation.metrics import balanced_accuracy
     from skin_fusion.modeling.modeling_skin_fusion import predicted_classes
+    from skin_fusion.training.calibration import expected_calibration_error
 
     probabilities = softmax(logits, axis=1)
     return {

@@ -20,20 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
+from data_memory import DEFAULT_DATA, MIB, PeakRSS, run_fresh
+from machine_info import machine_info
+
+from skin_fusion.threads import cpu_busy
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-
-from data_memory import DEFAULT_DATA, MIB, PeakRSS, run_fresh  # noqa: E402
-from machine_info import machine_info  # noqa: E402
-
-from skin_fusion.threads import cpu_busy  # noqa: E402
 
 RESULTS = BENCH / "results"
 MODEL_FLAGS = ["--backbone", "skin_fusion_small_cnn", "--backbone_weights", "none", "--image_size", "64",

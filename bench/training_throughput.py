@@ -24,34 +24,30 @@ import copy
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine_info import machine_info
 from transformers import PrinterCallback, TrainerCallback, default_data_collator, set_seed
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path[:0] = [str(REPO), str(BENCH)]
-
-from machine_info import machine_info  # noqa: E402
-
-from skin_fusion.threads import cpu_busy  # noqa: E402
-
-from skin_fusion.weights.backbone_weights import load_backbone_weights  # noqa: E402
-from skin_fusion.data.loading import LesionDataset  # noqa: E402
-from skin_fusion.training.trainer import SkinFusionTrainer  # noqa: E402
-from skin_fusion.modeling.modeling_skin_fusion import SkinFusionForImageClassification  # noqa: E402
-from skin_fusion.threads import configure_torch_threads  # noqa: E402
-from skin_fusion.training.run import build_processor_and_config, load_training_data, training_split  # noqa: E402
-from skin_fusion.training.arguments import (  # noqa: E402
+from skin_fusion.data.loading import LesionDataset
+from skin_fusion.data.model_inputs import training_split
+from skin_fusion.modeling.modeling_skin_fusion import SkinFusionForImageClassification
+from skin_fusion.threads import configure_torch_threads, cpu_busy
+from skin_fusion.training.arguments import (
     DataArguments,
     ModelArguments,
     SkinFusionTrainingArguments,
     parse_training_arguments,
 )
+from skin_fusion.training.run import build_processor_and_config, load_training_data
+from skin_fusion.training.trainer import SkinFusionTrainer
+from skin_fusion.weights.backbone_weights import load_backbone_weights
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 
 RESULTS = BENCH / "results"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ham10000"

@@ -1,17 +1,13 @@
-"""Expected calibration error and temperature scaling in `skin_fusion.training.calibration`."""
+"""Expected calibration error and NLL (`skin_fusion.evaluation.metrics`) and temperature scaling
+(`skin_fusion.training.calibration`)."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.special import log_softmax, softmax
 
-from skin_fusion.training.calibration import (
-    TEMPERATURE_BOUNDS,
-    apply_temperature,
-    expected_calibration_error,
-    fit_temperature,
-    negative_log_likelihood,
-)
+from skin_fusion.evaluation.metrics import expected_calibration_error, negative_log_likelihood
+from skin_fusion.training.calibration import TEMPERATURE_BOUNDS, fit_temperature
 
 NUM_CLASSES = 5
 
@@ -55,7 +51,7 @@ def test_fit_temperature_lowers_nll_and_ece_of_over_confident_logits():
     logits, labels = calibrated_logits()
     over_confident = 3.0 * logits
     temperature = fit_temperature(over_confident, labels)
-    scaled = apply_temperature(over_confident, temperature)
+    scaled = over_confident / temperature
 
     assert temperature == pytest.approx(3.0, rel=0.05)
     assert negative_log_likelihood(scaled, labels) < 0.8 * negative_log_likelihood(over_confident, labels)
@@ -75,20 +71,6 @@ def test_fit_temperature_stays_in_bounds_on_separable_data():
     temperature = fit_temperature(logits, logits.argmax(axis=1))
     low, _high = TEMPERATURE_BOUNDS
     assert low <= temperature < 1.01 * low
-
-
-def test_apply_temperature_keeps_type_and_predicted_class():
-    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]])
-    scaled = apply_temperature(logits, 2.0)
-    assert isinstance(scaled, torch.Tensor)
-    torch.testing.assert_close(scaled, logits / 2.0)
-    np.testing.assert_array_equal(apply_temperature(logits.numpy(), 0.5).argmax(axis=1), [0, 1])
-
-
-@pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), float("nan")])
-def test_apply_temperature_refuses_non_positive_or_non_finite(temperature):
-    with pytest.raises(ValueError, match="finite number > 0"):
-        apply_temperature(np.zeros((1, 2)), temperature)
 
 
 @pytest.mark.parametrize(

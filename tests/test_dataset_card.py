@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import DatasetCard
 
-from skin_fusion.reports.dataset_card import REAL_SETS, main, render_dataset_card
+from skin_fusion.data.known_datasets import REAL_SETS
+from skin_fusion.reports.dataset_card import main, render_dataset_card
 from skin_fusion.data.synthetic import generate_synthetic_lesions
 from tests.helpers import HAM_DX_COUNTS
 

@@ -10,6 +10,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 from skin_fusion import MetadataError
+from skin_fusion.reports.model_card import ModelCardFacts, save_card_facts
 from skin_fusion.serving.predictor import ModelNotFoundError, SkinFusionPredictor, centre_crop_box, dihedral_views
 from tests.app_fixtures import lesion_image, save_tiny_model, symmetric_lesion
 
@@ -154,19 +155,48 @@ def test_metadata_choices_are_the_training_vocabularies_plus_unknown(predictor):
     assert predictor.numeric_columns == ["age"]
 
 
-def test_model_card_summary_reads_classes_training_data_and_test_metrics(tmp_path):
+def card_facts(**overrides) -> ModelCardFacts:
+    """Facts as training records them beside a model (only the summary's fields matter here)."""
+    facts = dict(
+        model_name="tiny", repo_or_path="tiny", label_names=["a", "b", "c"], backbone="test_efficientnet",
+        image_size=64, modality="fusion", metadata_columns=["age"], dataset_name="synthetic-v1",
+        dataset_source="/data/synthetic-v1", synthetic=True, license="apache-2.0",
+        test_metrics={"accuracy": 0.9, "balanced_accuracy": 0.81234, "macro_f1": 0.8, "macro_auc": 0.95, "ece": 0.05},
+        test_results={}, subgroups=[], temperature=1.0, ece_before=0.1, ece_after=0.05, nll_before=1.0,
+        nll_after=0.9, split_sizes={"train": 400, "validation": 100, "test": 100}, train_counts={}, group_column=None,
+    )
+    return ModelCardFacts(**{**facts, **overrides})
+
+
+def test_model_card_summary_reads_the_facts_training_wrote_beside_the_model(tmp_path):
+    model_dir = save_tiny_model(tmp_path)
+    save_card_facts(card_facts(), model_dir / "card_facts.json")
+    # The rendered card's prose is not read: a card whose headings say something else changes nothing.
+    ModelCard("---\nlicense: mit\n---\n# tiny\n\n## Data\n\nsomething else\n").save(model_dir / "README.md")
+
+    card = SkinFusionPredictor.from_pretrained(model_dir).card
+
+    assert card.classes == ["actinic keratosis", "pigmented benign keratosis", "squamous cell carcinoma"]
+    assert card.training_data == "synthetic-v1 (`/data/synthetic-v1`): train 400, validation 100, test 100."
+    assert card.test_metrics == [("synthetic-v1 (test)", name, value) for name, value in (
+        ("balanced_accuracy", 0.8123), ("accuracy", 0.9), ("macro_f1", 0.8), ("macro_auc", 0.95), ("ece", 0.05))]
+    assert card.synthetic and card.note is None
+    assert "| synthetic-v1 (test) | balanced_accuracy | 0.8123 |" in card.to_markdown()
+
+
+def test_model_card_summary_without_facts_reads_the_yaml_header_never_the_prose(tmp_path):
     model_dir = save_tiny_model(tmp_path)
     results = [EvalResult(task_type="image-classification", dataset_type="synthetic-v1", dataset_name="synthetic-v1",
                           dataset_split="test", metric_type="balanced_accuracy", metric_name="balanced_accuracy",
                           metric_value=0.8123)]
-    data = ModelCardData(eval_results=results, model_name="tiny", tags=["synthetic-data"])
+    data = ModelCardData(eval_results=results, model_name="tiny", tags=["synthetic-data"], datasets=["org/lesions"])
     ModelCard(f"---\n{data.to_yaml()}\n---\n# tiny\n\n## Training data\n\nsynthetic-v1: train 400, val 100.\n\n"
               "## Training procedure\n\n- fast\n").save(model_dir / "README.md")
 
     card = SkinFusionPredictor.from_pretrained(model_dir).card
 
     assert card.classes == ["actinic keratosis", "pigmented benign keratosis", "squamous cell carcinoma"]
-    assert card.training_data == "synthetic-v1: train 400, val 100."
+    assert card.training_data == "`org/lesions`"
     assert card.test_metrics == [("synthetic-v1 (test)", "balanced_accuracy", 0.8123)]
     assert card.synthetic and card.note is None
     assert "| synthetic-v1 (test) | balanced_accuracy | 0.8123 |" in card.to_markdown()

@@ -18,8 +18,7 @@ from sklearn.metrics import (
 from transformers import EvalPrediction
 
 from skin_fusion.evaluation import metrics
-from skin_fusion.training.calibration import expected_calibration_error
-from skin_fusion.evaluation.metrics import build_compute_metrics, confusion_matrix_from, load_lesion_metric
+from skin_fusion.evaluation.metrics import build_compute_metrics, expected_calibration_error, load_lesion_metric
 
 NUM_CLASSES = 7
 LABEL_NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
@@ -182,13 +181,6 @@ def test_compute_metrics_takes_logits_first_from_tuple_predictions():
 def test_compute_metrics_refuses_duplicate_label_names():
     with pytest.raises(ValueError, match="distinct class names"):
         build_compute_metrics(["mel", "nv", "mel"])
-
-
-def test_confusion_matrix_from_logits_has_fixed_shape():
-    logits, labels = make_logits_and_labels(absent_class=0)
-    matrix = confusion_matrix_from(logits, labels, NUM_CLASSES)
-    assert matrix.shape == (NUM_CLASSES, NUM_CLASSES)
-    np.testing.assert_array_equal(matrix, confusion_matrix(labels, logits.argmax(axis=1), labels=range(NUM_CLASSES)))
 
 
 def test_decision_offsets_score_the_adjusted_decisions_and_leave_auc_and_ece_to_the_probabilities():

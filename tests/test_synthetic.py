@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from skin_fusion.data import synthetic
+from skin_fusion.modeling.configuration_skin_fusion import DEFAULT_LABELS
 from skin_fusion.data.synthetic import (
-    DEFAULT_CLASSES,
     MANIFEST_NAME,
     ensure_default_dataset,
     generate_synthetic_lesions,
@@ -61,7 +61,7 @@ def test_loads_as_imagefolder_with_every_metadata_column(tmp_path):
     train = datasets.load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(tmp_path / "hf"))["train"]
     assert train.num_rows == 40
     assert train.column_names == ["image", "label", "age", "sex", "anatom_site_general", "lesion_id"]
-    assert set(train["label"]) <= set(DEFAULT_CLASSES)
+    assert set(train["label"]) <= set(DEFAULT_LABELS)
     assert train[0]["image"].size == (64, 64)
 
 

@@ -29,8 +29,8 @@ from datasets.fingerprint import Hasher
 from torch import nn
 from transformers import default_data_collator
 
-from .balancing import smote_features
 from ..modeling.processing_skin_fusion import SkinFusionProcessor
+from .balancing import smote_features
 
 IMAGE_FEATURES_COLUMN = "image_features"
 # Views of an image whose features can be cached: flips and the half turn (dims of a (batch, 3, H, W) tensor that are

@@ -21,15 +21,16 @@ import numpy as np
 import pandas as pd
 import PIL.Image
 
+from .known_datasets import (
+    CATEGORICAL_CANDIDATES,
+    GROUP_CANDIDATES,
+    IMAGE_REFERENCE_CANDIDATES,
+    LABEL_CANDIDATES,
+    LEAKY_COLUMNS,
+    NUMERIC_CANDIDATES,
+    SPLIT_CANDIDATES,
+)
 from .splits import assign_splits, stratified_subsample
-
-# Column conventions, in order of preference; used when the caller leaves the matching argument as None.
-LABEL_CANDIDATES = ("dx", "label", "diagnosis")
-NUMERIC_CANDIDATES = ("age", "age_approx")
-CATEGORICAL_CANDIDATES = ("sex", "localization", "anatom_site_general")
-GROUP_CANDIDATES = ("lesion_id", "patient_id")
-SPLIT_CANDIDATES = ("split",)
-IMAGE_REFERENCE_CANDIDATES = ("file_name", "image", "image_id")
 
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_ALIASES = {
@@ -46,11 +47,6 @@ IMAGE_FILE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif"
 # Bytes that close a complete file; a file that does not end with them was cut short.
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 
-LEAKY_COLUMNS = {
-    "dx_type": "it records how the diagnosis was confirmed (histopathology, follow-up, consensus, confocal), which "
-    "follows from the diagnosis itself (in HAM10000 every follow-up case is a nevus and every melanoma was confirmed "
-    "by histopathology), so a model would read the label from it instead of from the lesion",
-}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_LISTED = 5
 

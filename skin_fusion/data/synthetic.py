@@ -30,13 +30,14 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..modeling.configuration_skin_fusion import DEFAULT_LABELS
+
 GENERATOR_VERSION = 2
-DEFAULT_CLASSES = ("actinic keratosis", "squamous cell carcinoma", "pigmented benign keratosis")
 ANATOMICAL_SITES = ("head/neck", "upper extremity", "lower extremity", "anterior torso", "posterior torso")
 METADATA_COLUMNS = ("file_name", "label", "age", "sex", "anatom_site_general", "lesion_id")
 MANIFEST_NAME = "manifest.json"
 DEFAULT_DATASET_NAME = f"synthetic-v{GENERATOR_VERSION}"
-DEFAULT_ARGUMENTS = {"n_images": 600, "image_size": 128, "seed": 0, "class_names": DEFAULT_CLASSES}
+DEFAULT_ARGUMENTS = {"n_images": 600, "image_size": 128, "seed": 0, "class_names": DEFAULT_LABELS}
 
 T = TypeVar("T")
 
@@ -131,7 +132,7 @@ def generate_synthetic_lesions(
     n_images: int = 600,
     image_size: int = 128,
     seed: int = 0,
-    class_names: tuple[str, ...] = DEFAULT_CLASSES,
+    class_names: tuple[str, ...] = DEFAULT_LABELS,
     overwrite: bool = False,
 ) -> Path:
     """Write a synthetic imagefolder data set (`images/*.png`, `metadata.csv`, `README.md`, `manifest.json`).
@@ -407,7 +408,7 @@ def _readme(n_images: int, image_size: int, seed: int, class_names: tuple[str, .
         "",
         "Regenerate: `skin_fusion.data.synthetic.generate_synthetic_lesions(out_dir, "
         f"n_images={n_images}, image_size={image_size}, seed={seed}"
-        + ("" if tuple(class_names) == DEFAULT_CLASSES else f", class_names={tuple(class_names)!r}")
+        + ("" if tuple(class_names) == DEFAULT_LABELS else f", class_names={tuple(class_names)!r}")
         + ")`.",
         "",
     ]

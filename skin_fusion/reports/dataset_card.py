@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from ..data.known_datasets import REAL_SETS
 from ..data.loading import SPLIT_NAMES
-from .eda import MISSING_VALUE, run_eda
 from ..data.synthetic import ensure_default_dataset
+from .eda import MISSING_VALUE, run_eda
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
 DEFAULT_LICENSE = "apache-2.0"
+# Where the real sets live on the project machine, seen from the repository root (a path argument, not a package path).
+DEFAULT_DATA_ROOT = "../shared/data"
 # Missingness is called class-dependent below this chi-squared p-value (a strict level: several columns are tested).
 MISSINGNESS_P_VALUE = 0.001
 # A test split missing at least this share of a column is said to have (almost) none of it.
@@ -32,46 +32,6 @@ NEARLY_ALL = 0.99
 MIN_RECORDED = 30
 TAGS = ["dermoscopy", "skin-lesion", "medical-imaging", "synthetic", "tabular-metadata", "multimodal", "skin_fusion"]
 
-
-@dataclass(frozen=True)
-class RealSet:
-    """A real lesion set SkinFusion supports: where it lives under the data root, and its licence and citation."""
-
-    folder: str
-    title: str
-    license: str
-    citation: str
-    notes: str
-
-
-REAL_SETS = (
-    RealSet(
-        folder="ham10000",
-        title="HAM10000",
-        license="CC BY-NC 4.0 (non-commercial)",
-        citation="Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of multi-source "
-        "dermatoscopic images of common pigmented skin lesions. Sci. Data 5, 180161 (2018). "
-        "https://doi.org/10.1038/sdata.2018.161",
-        notes="Dermatoscopic images of pigmented lesions from two sites (Vienna, Austria and Queensland, Australia); "
-        "several images of one lesion share a `lesion_id`. `dx_type` says how the diagnosis was confirmed.",
-    ),
-    RealSet(
-        folder="isic2017",
-        title="ISIC 2017 (lesion classification)",
-        license="CC-0",
-        citation="Codella N. et al. Skin lesion analysis toward melanoma detection: a challenge at the 2017 ISBI, "
-        "hosted by ISIC. arXiv:1710.05006.",
-        notes="The ISBI 2017 challenge set with its official train / validation / test splits, kept as they are.",
-    ),
-    RealSet(
-        folder="isic-seed3",
-        title="isic-seed3",
-        license="ISIC archive images (CC-0 / CC BY-NC, per image)",
-        citation="No paper; images from the ISIC archive (https://www.isic-archive.com), credit its contributors.",
-        notes="The three classes of the original SkinFusion study, gathered from ISIC archive folders that are known "
-        "to carry some label noise: treat results on it as indicative.",
-    ),
-)
 
 CARD_TEMPLATE = """\
 ---
@@ -399,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skin_fusion.reports.dataset_card",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="dataset_card.md", help="where to write the card")
-    parser.add_argument("--data-root", default=os.path.relpath(DEFAULT_DATA_ROOT),
-                        help="folder holding ham10000/, isic2017/, isic-seed3/ (absent sets are listed, not analysed)")
+    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT,
+                        help="folder holding ham10000/, isic2017/, isic-seed3/, relative to the working directory "
+                             f"(default: {DEFAULT_DATA_ROOT}; absent sets are listed, not analysed)")
     parser.add_argument("--default-source", help="the synthetic default set (default: ensure_default_dataset())")
     parser.add_argument("--eda-dir", help="keep each set's EDA report here (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=42, help="seeds the splits and the EDA's forest")

@@ -14,29 +14,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from scipy.stats import chi2_contingency
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-matplotlib.use("Agg")  # no display on servers and CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy.stats import chi2_contingency  # noqa: E402
-from sklearn.ensemble import RandomForestClassifier  # noqa: E402
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score  # noqa: E402
-
-from ..data.loading import (  # noqa: E402
-    LABEL_CANDIDATES,
-    LEAKY_COLUMNS,
-    SPLIT_ALIASES,
-    SPLIT_CANDIDATES,
-    SPLIT_NAMES,
-    LesionDataset,
-    load_lesion_dataset,
-)
-from ..modeling.metadata_encoding import MetadataEncoder, MetadataError, is_missing, normalise_category  # noqa: E402
-from ..data.splits import split_overlap  # noqa: E402
-from ..data.synthetic import MANIFEST_NAME, ensure_default_dataset, is_complete  # noqa: E402
+from ..data.known_datasets import LABEL_CANDIDATES, LEAKY_COLUMNS, SPLIT_CANDIDATES
+from ..data.loading import SPLIT_ALIASES, SPLIT_NAMES, LesionDataset, load_lesion_dataset
+from ..data.model_inputs import metadata_frame
+from ..data.splits import split_overlap
+from ..data.synthetic import MANIFEST_NAME, ensure_default_dataset, is_complete
+from ..modeling.metadata_encoding import MetadataEncoder, MetadataError, is_missing, normalise_category
+from .formatting import compact, markdown_table, number
 
 MISSING_VALUE = "(missing)"
 # The classical metadata-only model; class weights because balanced accuracy is the project's headline metric.
@@ -56,21 +48,21 @@ DPI = 90
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def metadata_frame(lesions: LesionDataset) -> pd.DataFrame:
+def labelled_frame(lesions: LesionDataset) -> pd.DataFrame:
     """Every row's split, label name, metadata and group, read without the image column."""
     columns = ["label", *lesions.numeric_columns, *lesions.categorical_columns, *filter(None, [lesions.group_column])]
     names = np.asarray(lesions.label_names, dtype=object)
     frames = []
     for split_name in SPLIT_NAMES:
-        frame = lesions.splits[split_name].select_columns(columns).to_pandas()
+        frame = metadata_frame(lesions.splits[split_name], columns)
         frame["label"] = names[frame["label"].to_numpy(dtype=int)]
         frame.insert(0, "split", split_name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def class_counts(frame: pd.DataFrame, label_names: list[str]) -> dict[str, dict[str, int]]:
-    """Rows per class, over all rows and per split."""
+def class_counts_per_split(frame: pd.DataFrame, label_names: list[str]) -> dict[str, dict[str, int]]:
+    """Rows per class name, over all rows and per split (`balancing.class_counts` counts label indices)."""
     counts = {"all": _value_counts(frame["label"], label_names)}
     for split_name in SPLIT_NAMES:
         counts[split_name] = _value_counts(frame.loc[frame["split"] == split_name, "label"], label_names)
@@ -264,7 +256,7 @@ def describe(
     seed: int = 42,
     n_repeats: int = 10,
 ) -> dict[str, Any]:
-    """Every number of the EDA (JSON-serialisable) from the loaded splits, their `metadata_frame` and the source."""
+    """Every number of the EDA (JSON-serialisable) from the loaded splits, their `labelled_frame` and the source."""
     features = lesions.numeric_columns + lesions.categorical_columns
     raw = source_metadata(source)
     folder = Path(source).expanduser()
@@ -282,7 +274,7 @@ def describe(
         },
         "official_splits": official_splits(raw, split_column),
         "split_sizes": {name: int((frame["split"] == name).sum()) for name in SPLIT_NAMES},
-        "class_counts": class_counts(frame, lesions.label_names),
+        "class_counts": class_counts_per_split(frame, lesions.label_names),
         "groups": group_check(lesions, frame),
         "missing": missingness(frame, features + list(filter(None, [lesions.group_column])), lesions.label_names),
         "numeric_by_class": {c: numeric_by_class(frame, c, lesions.label_names) for c in lesions.numeric_columns},
@@ -355,7 +347,8 @@ def _display_path(source: str) -> str:
 def plot_class_counts(facts: dict[str, Any], path: Path) -> Path:
     """Rows per class, one bar per split."""
     names = facts["label_names"]
-    figure, axes = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4))
+    figure = Figure(figsize=(max(6, 1.1 * len(names) + 2), 4))
+    axes = figure.subplots()
     width = 0.8 / len(SPLIT_NAMES)
     for i, split_name in enumerate(SPLIT_NAMES):
         counts = [facts["class_counts"][split_name][name] for name in names]
@@ -373,7 +366,8 @@ def plot_numeric_by_class(frame: pd.DataFrame, column: str, label_names: list[st
     """Box plot of an observed numeric column per class (missing values left out, counted in the labels)."""
     values = pd.to_numeric(frame[column], errors="coerce")
     groups = [values[frame["label"] == name].dropna().to_numpy() for name in label_names]
-    figure, axes = plt.subplots(figsize=(max(6, 1.1 * len(label_names) + 2), 4))
+    figure = Figure(figsize=(max(6, 1.1 * len(label_names) + 2), 4))
+    axes = figure.subplots()
     axes.boxplot([g if len(g) else [np.nan] for g in groups], showfliers=True, flierprops={"markersize": 2})
     axes.set_xticks(range(1, len(label_names) + 1), [f"{n}\n(n={len(g):,})" for n, g in zip(label_names, groups)],
                     fontsize=8)
@@ -388,8 +382,9 @@ def plot_categorical_by_class(table: dict[str, dict[str, int]], column: str, pat
     values = list(next(iter(table.values())))
     counts = np.array([[table[name][v] for v in values] for name in names], dtype=float)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    colours = plt.get_cmap("tab20" if len(values) > 10 else "tab10")(np.arange(len(values)) % 20)
-    figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 1.6))
+    colours = colormaps["tab20" if len(values) > 10 else "tab10"](np.arange(len(values)) % 20)
+    figure = Figure(figsize=(8, 0.45 * len(names) + 1.6))
+    axes = figure.subplots()
     left = np.zeros(len(names))
     for j, value in enumerate(values):
         colour = "lightgrey" if value == MISSING_VALUE else colours[j]
@@ -407,7 +402,8 @@ def plot_categorical_by_class(table: dict[str, dict[str, int]], column: str, pat
 def plot_missing(missing: dict[str, dict[str, Any]], path: Path) -> Path:
     """Share of missing values per column."""
     columns = list(missing)
-    figure, axes = plt.subplots(figsize=(6, 0.4 * len(columns) + 1.4))
+    figure = Figure(figsize=(6, 0.4 * len(columns) + 1.4))
+    axes = figure.subplots()
     bars = axes.barh(columns, [missing[c]["fraction"] for c in columns], color="indianred")
     axes.bar_label(bars, [f"{missing[c]['missing']:,}" for c in columns], fontsize=8, padding=2)
     axes.invert_yaxis()
@@ -422,7 +418,8 @@ def plot_importance(importance: dict[str, Any], path: Path) -> Path:
     features = importance["ranking"]
     means = [importance["features"][f]["balanced_accuracy_drop"] for f in features]
     spreads = [importance["features"][f]["balanced_accuracy_drop_std"] for f in features]
-    figure, axes = plt.subplots(figsize=(6, 0.45 * len(features) + 1.6))
+    figure = Figure(figsize=(6, 0.45 * len(features) + 1.6))
+    axes = figure.subplots()
     axes.barh(features, means, xerr=spreads, color="steelblue", capsize=3)
     axes.axvline(0, color="grey", linewidth=1)
     axes.invert_yaxis()
@@ -431,10 +428,9 @@ def plot_importance(importance: dict[str, Any], path: Path) -> Path:
     return _save(figure, path)
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=DPI)
-    plt.close(figure)
     return path
 
 
@@ -475,7 +471,7 @@ def render_report(facts: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         "## Classes and splits",
         "",
-        _table(["class", *SPLIT_NAMES, "all", "share"],
+        markdown_table(["class", *SPLIT_NAMES, "all", "share"],
                [[n, *(f"{counts[s][n]:,}" for s in SPLIT_NAMES), f"{counts['all'][n]:,}",
                  f"{counts['all'][n] / max(facts['rows'], 1):.1%}"] for n in names]
                + [["**total**", *(f"{facts['split_sizes'][s]:,}" for s in SPLIT_NAMES), f"{facts['rows']:,}", ""]]),
@@ -490,7 +486,8 @@ def render_report(facts: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         "Missing = an empty cell or a placeholder the metadata encoder treats as not recorded (e.g. `unknown`).",
         "",
-        _table(["column", "missing", "share", "empty", "placeholder", *(f"missing in {s}" for s in SPLIT_NAMES)],
+        markdown_table(["column", "missing", "share", "empty", "placeholder",
+                        *(f"missing in {s}" for s in SPLIT_NAMES)],
                [[f"`{c}`", f"{m['missing']:,}", f"{m['fraction']:.1%}", f"{m['empty']:,}",
                  f"{m['placeholder']:,}" + (f" ({', '.join(m['placeholder_values'])})" if m["placeholder"] else ""),
                  *(f"{m['by_split'][s]['missing']:,} / {m['by_split'][s]['rows']:,}" for s in SPLIT_NAMES)]
@@ -500,20 +497,22 @@ def render_report(facts: dict[str, Any], plots: dict[str, str]) -> str:
     if "missing" in plots:
         lines += [f"![missing values]({plots['missing']})", ""]
     for column, stats in facts["numeric_by_class"].items():
-        rows = [[n, f"{s['n']:,}", *(_num(s[k]) for k in ("median", "q1", "q3", "mean", "min", "max"))]
+        rows = [[n, f"{s['n']:,}", *(compact(s[k]) for k in ("median", "q1", "q3", "mean", "min", "max"))]
                 for n, s in [*stats["by_class"].items(), ("**all**", stats["all"])]]
-        lines += [f"## {column} by class", "", _table(["class", "n", "median", "q1", "q3", "mean", "min", "max"], rows),
+        header = ["class", "n", "median", "q1", "q3", "mean", "min", "max"]
+        lines += [f"## {column} by class", "", markdown_table(header, rows),
                   "", f"{stats['zeros']:,} rows have {column} = 0.", "", f"![{column} by class]({plots[column]})", ""]
     for column, table in facts["categorical_by_class"].items():
         values = list(next(iter(table.values())))
         rows = [[n, *(f"{row[v] / max(sum(row.values()), 1):.0%}" for v in values)] for n, row in table.items()]
-        lines += [f"## {column} by class", "", "Share of each class's images.", "", _table(["class", *values], rows),
+        lines += [f"## {column} by class", "", "Share of each class's images.", "",
+                  markdown_table(["class", *values], rows),
                   "", f"![{column} by class]({plots[column]})", ""]
     for column, leak in facts["leaky_columns"].items():
         rows = [[v, f"{sum(c.values()):,}", leak["top_class"][v], f"{leak['top_class_share'][v]:.1%}"]
                 for v, c in leak["counts"].items()]
         lines += [f"## Leaky column `{column}` (never a model input)", "", f"It leaks the label: {leak['why']}.", "",
-                  _table([column, "images", "most common class", "its share"], rows), ""]
+                  markdown_table([column, "images", "most common class", "its share"], rows), ""]
     lines += ["## What the metadata says about the label", ""] + _importance_lines(facts["importance"], plots)
     return "\n".join(lines) + "\n"
 
@@ -526,7 +525,7 @@ def run_eda(source: str, out_dir: str | Path, *, seed: int = 42, n_repeats: int 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lesions = load_lesion_dataset(str(source), seed=seed, **load_arguments)
-    frame = metadata_frame(lesions)
+    frame = labelled_frame(lesions)
     facts = describe(lesions, frame, str(source), label_column=load_arguments.get("label_column"),
                      split_column=load_arguments.get("split_column"), seed=seed, n_repeats=n_repeats)
     plots = write_plots(facts, frame, out_dir)
@@ -547,15 +546,6 @@ def _official_sentence(official: dict[str, Any]) -> str:
 
 def _names(columns: list[str]) -> str:
     return ", ".join(f"`{c}`" for c in columns) or "none"
-
-
-def _num(value: float | None) -> str:
-    return "–" if value is None else f"{value:g}"
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
 def _groups_sentence(groups: dict[str, Any]) -> str:
@@ -585,12 +575,13 @@ def _importance_lines(importance: dict[str, Any], plots: dict[str, str]) -> list
         f"({importance['encoding']}), trained on {importance['train_rows']:,} train rows and measured on the "
         f"{importance['evaluated_rows']:,} rows of the {importance['evaluated_on']} split: balanced accuracy "
         f"**{importance['balanced_accuracy']:.3f}** (chance {importance['chance_balanced_accuracy']:.3f}), macro AUC "
-        f"{_score(importance['macro_auc'])}.",
+        f"{number(importance['macro_auc'])}.",
         "",
         f"Permutation importance: the drop in those scores when one raw feature is shuffled across rows "
         f"({importance['n_repeats']} shuffles; mean ± standard deviation).",
         "",
-        _table(["feature", "balanced accuracy drop", "macro AUC drop", "encoded columns", "observed rows"], rows),
+        markdown_table(["feature", "balanced accuracy drop", "macro AUC drop", "encoded columns", "observed rows"],
+                       rows),
         "",
         *unobserved,
         f"![metadata importance]({plots['importance']})",
@@ -601,10 +592,6 @@ def _importance_lines(importance: dict[str, Any], plots: dict[str, str]) -> list
 def _drop(feature: dict[str, Any], metric: str) -> str:
     mean, spread = feature.get(f"{metric}_drop"), feature.get(f"{metric}_drop_std")
     return "–" if mean is None else f"{mean:+.3f} ± {spread:.3f}"
-
-
-def _score(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -13,8 +12,10 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..evaluation.metrics import CARD_METRICS
+from .formatting import cell
+
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
-CARD_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auc", "ece")
 
 
 @dataclass
@@ -52,12 +53,6 @@ class ModelCardFacts:
     curves: bool = False  # training_curves.png is beside the card
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def card_data(facts: ModelCardFacts) -> ModelCardData:
     """The YAML header: licence, datasets, metrics, `model-index` with this run's test results, tags."""
     dataset_type = facts.hub_dataset or facts.dataset_name
@@ -86,7 +81,7 @@ def three_ways(facts: ModelCardFacts) -> list[dict[str, str]]:
     rows = [("metadata as recorded", facts.test_metrics), ("nothing recorded", facts.test_metrics_without_metadata)]
     if facts.image_only_test_metrics is not None:
         rows.append(("image-only model", facts.image_only_test_metrics))
-    return [{"name": name, **{key: _fmt(metrics.get(key)) for key in ("balanced_accuracy", "macro_auc", "ece")}}
+    return [{"name": name, **{key: cell(metrics.get(key)) for key in ("balanced_accuracy", "macro_auc", "ece")}}
             for name, metrics in rows]
 
 
@@ -100,11 +95,11 @@ def render_model_card(
                                 "package data (templates/model_card.md).")
     results = facts.test_results
     per_class = [
-        {"name": name, "precision": _fmt(results["precision"][i]), "recall": _fmt(results["recall"][i]),
-         "auc": _fmt(results["roc_auc"][i]), "support": int(sum(results["confusion_matrix"][i]))}
+        {"name": name, "precision": cell(results["precision"][i]), "recall": cell(results["recall"][i]),
+         "auc": cell(results["roc_auc"][i]), "support": int(sum(results["confusion_matrix"][i]))}
         for i, name in enumerate(facts.label_names)
     ]
-    subgroups = [{key: _fmt(row.get(key)) for key in ("feature", "group", "n", "accuracy", "balanced_accuracy", "ece")}
+    subgroups = [{key: cell(row.get(key)) for key in ("feature", "group", "n", "accuracy", "balanced_accuracy", "ece")}
                  for row in facts.subgroups]
     training = facts.training
     unfreeze = training.get("unfreeze_last_blocks", 0)

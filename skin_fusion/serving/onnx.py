@@ -30,6 +30,7 @@ from torch import nn
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification
 from ..threads import thread_count
+from ..training.arguments import DEFAULT_OUTPUT_DIR
 
 ONNX_FILE_NAME = "model.onnx"
 # Opset 18 is the exporter's native opset (no version conversion) and ONNX Runtime >= 1.14 runs it.
@@ -38,7 +39,7 @@ DEFAULT_OPSET = 18
 # for EfficientNet-B4); a difference above this means a wrong graph, not rounding.
 ATOL = 1e-4
 RTOL = 1e-4
-MAKE_MODEL_HINT = "Make one with `python train.py` (it writes outputs/skin-fusion)"
+MAKE_MODEL_HINT = f"Make one with `python train.py` (it writes {DEFAULT_OUTPUT_DIR})"
 INSTALL_HINT = "pip install onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.31.1 (pinned in requirements.txt)"
 
 
@@ -77,7 +78,7 @@ def load_model(model_dir: str | Path) -> SkinFusionForImageClassification:
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(
             f"'{model_dir}' is not a SkinFusion model directory (no config.json). Pass the directory that "
-            f"`python train.py` wrote (outputs/skin-fusion by default). {MAKE_MODEL_HINT}."
+            f"`python train.py` wrote ({DEFAULT_OUTPUT_DIR} by default). {MAKE_MODEL_HINT}."
         )
     return SkinFusionForImageClassification.from_pretrained(model_dir).eval()
 
@@ -186,7 +187,7 @@ class OnnxSkinFusion:
 
     Args:
         onnx_path: the `.onnx` file `export_onnx` wrote.
-        num_threads: ONNX Runtime's intra-op threads; defaults to the CPU count, at most 4.
+        num_threads: ONNX Runtime's intra-op threads; default: the thread policy's `thread_count()`.
         spin: let idle intra-op threads busy-wait for the next operator. Off by default: the spinning threads keep
             cores busy after each call, which slows PyTorch in the same process (preprocessing, Grad-CAM) and other
             processes on a shared CPU; on this 2-core machine under load it also made ONNX Runtime itself slower.
@@ -269,7 +270,7 @@ def _as_float32_array(values: torch.Tensor | np.ndarray) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a saved SkinFusion model to ONNX and check it against "
                                                  "PyTorch with ONNX Runtime.")
-    parser.add_argument("model_dir", help="a directory written by `python train.py` (e.g. outputs/skin-fusion)")
+    parser.add_argument("model_dir", help=f"a directory written by `python train.py` (e.g. {DEFAULT_OUTPUT_DIR})")
     parser.add_argument("--out", default=None, help=f"output file (default: MODEL_DIR/{ONNX_FILE_NAME})")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     args = parser.parse_args(argv)

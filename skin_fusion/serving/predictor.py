@@ -4,7 +4,7 @@ optionally, test-time augmentation and a Grad-CAM heatmap. The model and its pro
 ```python
 from skin_fusion.serving.predictor import SkinFusionPredictor
 
-predictor = SkinFusionPredictor.from_pretrained("outputs/skin-fusion")
+predictor = SkinFusionPredictor.from_pretrained("outputs/skin-fusion")  # what `python train.py` writes
 result = predictor.predict("lesion.jpg", {"age": 63, "sex": "male", "anatom_site_general": "head/neck"}, explain=True)
 result.probabilities, result.label, result.uncertain, result.note, result.overlay
 ```
@@ -16,7 +16,7 @@ checked against PyTorch when it loads; Grad-CAM always runs in PyTorch.
 
 from __future__ import annotations
 
-import re
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +29,13 @@ from PIL import Image
 from torch import nn
 from transformers import AutoModelForImageClassification, AutoProcessor
 
+from ..evaluation.metrics import CARD_METRICS
 from ..modeling import MetadataEncoder, MetadataError, SkinFusionForImageClassification, SkinFusionProcessor
+from ..modeling.metadata_encoding import is_missing
+from ..training.arguments import DEFAULT_OUTPUT_DIR
 from .explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heatmap
 from .image_io import ImageSource, load_rgb_image
-from ..modeling.metadata_encoding import is_missing
 from .onnx import OnnxSkinFusion, onnx_session_for
-from ..threads import configure_torch_threads
 
 # Below this top probability, or this lead over the runner-up, a prediction is flagged as uncertain.
 MIN_PROBABILITY = 0.6
@@ -45,7 +46,9 @@ UNKNOWN_CHOICE = "unknown"
 MAX_EXPLAIN_SIDE = 1024
 # Test-time augmentation averages over the 8 symmetries of the square (a lesion has no canonical orientation).
 TTA_DESCRIPTION = "rotations by 0, 90, 180 and 270 degrees, each with and without a horizontal flip"
-MAKE_MODEL_HINT = "Make a local model with `python train.py` (it writes outputs/skin-fusion)"
+MAKE_MODEL_HINT = f"Make a local model with `python train.py` (it writes {DEFAULT_OUTPUT_DIR})"
+# Written beside every model by training: the facts its card was rendered from.
+CARD_FACTS_NAME = "card_facts.json"
 RUNTIMES = ("torch", "onnx")
 
 
@@ -107,8 +110,12 @@ class ModelCardSummary:
 
 
 def read_model_card(path_or_id: str | Path, classes: list[str]) -> ModelCardSummary:
-    """Summarise the model card (README.md) of a model directory or Hub id; no card gives a note, never an error."""
+    """Summarise what is known of a model's training: the `card_facts.json` that training writes beside a local
+    model, else the YAML header of its model card (README.md, local or on the Hub). Nothing to read gives a note,
+    never an error; the card's prose is never parsed."""
     local = Path(path_or_id)
+    if (local / CARD_FACTS_NAME).is_file():
+        return summary_from_card_facts(json.loads((local / CARD_FACTS_NAME).read_text()), classes)
     source = local / "README.md" if local.is_dir() else str(path_or_id)
     if local.is_dir() and not Path(source).is_file():
         return ModelCardSummary(classes, note="No model card (README.md) beside this model: its training data and "
@@ -123,12 +130,23 @@ def read_model_card(path_or_id: str | Path, classes: list[str]) -> ModelCardSumm
          result.metric_name or result.metric_type, float(result.metric_value))
         for result in card.data.eval_results or []
     ]
-    section = re.search(r"^## Training data\s*$(.*?)(?=^#|\Z)", card.text, flags=re.MULTILINE | re.DOTALL)
-    training_data = " ".join(section.group(1).split()) if section else None
+    datasets = card.data.datasets or []
     return ModelCardSummary(
-        classes, training_data=training_data or None, test_metrics=metrics,
+        classes, training_data=", ".join(f"`{name}`" for name in datasets) or None, test_metrics=metrics,
         synthetic="synthetic-data" in (card.data.tags or []),
         note=None if metrics else "The model card lists no test results.",
+    )
+
+
+def summary_from_card_facts(facts: dict[str, Any], classes: list[str]) -> ModelCardSummary:
+    """The summary of a model from the facts its training recorded (`ModelCardFacts` as JSON)."""
+    sizes = ", ".join(f"{split} {size:,}" for split, size in facts["split_sizes"].items())
+    metrics = [(f"{facts['dataset_name']} (test)", name, round(float(facts["test_metrics"][name]), 4))
+               for name in CARD_METRICS if name in facts["test_metrics"]]
+    return ModelCardSummary(
+        classes, training_data=f"{facts['dataset_name']} (`{facts['dataset_source']}`): {sizes}.",
+        test_metrics=metrics, synthetic=bool(facts["synthetic"]),
+        note=None if metrics else "The model's training recorded no test results.",
     )
 
 
@@ -206,9 +224,13 @@ class SkinFusionPredictor:
     def from_pretrained(
         cls, path_or_id: str | Path, num_threads: int | None = None, runtime: str = "torch", **kwargs
     ) -> SkinFusionPredictor:
-        """Load the model and processor from a local directory or a Hub id, and set the CPU threads.
+        """Load the model and processor from a local directory or a Hub id.
+
+        torch's CPU threads are the process's to set (`skin_fusion.threads.configure_torch_threads`, as `app.py`
+        does); loading a model leaves them as they are.
 
         Args:
+            num_threads: ONNX Runtime's threads with runtime="onnx" (default: the thread policy's `thread_count`).
             runtime: "torch", or "onnx" to serve forwards without Grad-CAM from ONNX Runtime (`onnx_session_for`
                 reuses or writes `model.onnx` beside a local model and checks it against PyTorch).
 
@@ -217,7 +239,6 @@ class SkinFusionPredictor:
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"Unknown runtime {runtime!r}; choose one of {RUNTIMES}.")
-        num_threads = configure_torch_threads(num_threads)
         try:
             model = AutoModelForImageClassification.from_pretrained(path_or_id)
             processor = AutoProcessor.from_pretrained(path_or_id)

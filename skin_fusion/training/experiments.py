@@ -19,23 +19,18 @@ import argparse
 import itertools
 import json
 import logging
-import os
-import platform
-import shlex
 import shutil
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on servers and CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..reports.formatting import markdown_table, number, seconds
+from ..reports.machine import command_line, machine_facts, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +143,8 @@ def run_once(argv: list[str], run_dir: Path) -> None:
         logger.info("Skipping %s: %s exists.", run_dir.name, REPORT_NAME)
         return
 
-    from .run import run_training
     from .arguments import parse_training_arguments
+    from .run import run_training
 
     run_dir.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps({"argv": argv, "wall_seconds": None}, indent=2))
@@ -219,42 +214,10 @@ def result_row(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def machine_facts() -> dict[str, Any]:
-    """The machine the runs were trained on, as the tables state it."""
-    import torch
-
-    from ..threads import configure_torch_threads
-
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": configure_torch_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
-        "started": utc_now(),
-    }
-
-
 def data_facts(argv: list[str]) -> dict[str, Any]:
     """Split sizes and test-set class counts of the data set every run used (same source, seed and split)."""
-    from .run import load_training_data
     from .arguments import parse_training_arguments
+    from .run import load_training_data
 
     _, data_args, training_args = parse_training_arguments(argv)
     lesions, synthetic = load_training_data(data_args, training_args.seed)
@@ -269,14 +232,6 @@ def data_facts(argv: list[str]) -> dict[str, Any]:
     }
 
 
-def number(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
-def seconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:.0f} s"
-
-
 def epochs_text(row: dict[str, Any]) -> str:
     return f"{row['epochs']:g}" + (f" ({row['freeze_epochs']} frozen)" if row["freeze_epochs"] else "")
 
@@ -285,24 +240,6 @@ def metric_cells(row: dict[str, Any]) -> list[str]:
     metrics = row["test_metrics"]
     return [number(metrics["balanced_accuracy"]), number(metrics["macro_auc"]), number(metrics["macro_f1"]),
             number(metrics["ece"]), seconds(row["wall_seconds"])]
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
-
-
-def command_line(argv: list[str]) -> str:
-    """The command as a shell takes it; the --note text, printed further down, is shortened to '…'."""
-    words = []
-    for index, arg in enumerate(argv):
-        if arg.startswith("--note="):
-            words.append("--note='…'")
-        elif index > 0 and argv[index - 1] == "--note":
-            words.append("'…'")
-        else:
-            words.append(shlex.quote(arg))
-    return " ".join(words)
 
 
 def dataset_name(dataset: str | None, data: dict[str, Any]) -> str:
@@ -398,7 +335,8 @@ def plot_comparison(runs: list[dict[str, Any]], num_classes: int, title: str, pa
     names = [row["name"] for row in runs]
     positions = np.arange(len(runs))
     width = 0.4
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.9 * len(runs) + 2), 4.8))
+    figure = Figure(figsize=(max(6.0, 0.9 * len(runs) + 2), 4.8))
+    axes = figure.subplots()
     for offset, metric, label, colour in ((-width / 2, "balanced_accuracy", "balanced accuracy", "tab:blue"),
                                           (width / 2, "macro_auc", "macro AUC", "tab:orange")):
         values = [row["test_metrics"][metric] for row in runs]
@@ -419,7 +357,6 @@ def plot_comparison(runs: list[dict[str, Any]], num_classes: int, title: str, pa
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 

@@ -20,59 +20,29 @@ import torch
 from accelerate import PartialState
 from transformers import EarlyStoppingCallback, set_seed
 
-from ..weights.backbone_weights import load_backbone_weights
-from ..data.balancing import (
-    RESAMPLING_STRATEGIES,
-    balance_dataset,
-    class_weights,
-    describe_balancing,
-    resample_indices,
-    sample_weights,
-    smote_features,
-)
-from .calibration import (
-    expected_calibration_error,
-    fit_decision_offsets,
-    fit_temperature,
-    negative_log_likelihood,
-)
-from .checkpoints import last_complete_checkpoint
-from ..modeling.configuration_skin_fusion import SkinFusionConfig
+from ..data.balancing import class_weights, describe_balancing, sample_weights
+from ..data.feature_cache import check_views, collate_inputs
+from ..data.known_datasets import hub_license_of
 from ..data.loading import LesionDataset, load_lesion_dataset
-from ..evaluation.subgroups import (
-    MIN_SUBGROUP_SIZE,
-    evaluate_probabilities,
-    plot_confusion_matrix,
-    plot_roc_curves,
-    plot_training_curves,
-    subgroup_metrics,
-)
-from ..data.feature_cache import (
-    add_image_features,
-    collate_inputs,
-    cached_inputs,
-    check_views,
-    CachedInputs,
-    concatenate_inputs,
-    select_rows,
-    smote_inputs,
-    withhold_metadata,
-)
-from .trainer import BackboneFreezeCallback, BestWeightsInMemoryCallback, SkinFusionTrainer
-from .hub import push_model_directory
+from ..data.model_inputs import cached_feature_splits, metadata_frame, training_split, with_model_inputs
+from ..data.synthetic import ensure_default_dataset, is_complete
+from ..evaluation.metrics import SCALAR_KEYS, build_compute_metrics, expected_calibration_error, negative_log_likelihood
+from ..evaluation.plots import plot_confusion_matrix, plot_roc_curves, plot_training_curves
+from ..evaluation.subgroups import MIN_SUBGROUP_SIZE, evaluate_probabilities, subgroup_metrics
+from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.metadata_encoding import MetadataEncoder
-from ..evaluation.metrics import SCALAR_KEYS, build_compute_metrics
-from ..reports.model_card import ModelCardFacts, render_model_card, save_card_facts
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
 from ..modeling.processing_skin_fusion import SkinFusionProcessor
+from ..reports.model_card import ModelCardFacts, render_model_card, save_card_facts
 from ..threads import configure_torch_threads
-from ..data.synthetic import ensure_default_dataset, is_complete
+from ..weights.backbone_weights import load_backbone_weights
 from .arguments import DataArguments, ModelArguments, SkinFusionTrainingArguments
+from .calibration import fit_decision_offsets, fit_temperature
+from .checkpoints import last_complete_checkpoint
+from .hub import push_model_directory
+from .trainer import BackboneFreezeCallback, BestWeightsInMemoryCallback, SkinFusionTrainer
 
 logger = logging.getLogger(__name__)
-
-LICENSES = {"ham10000": "cc-by-nc-4.0", "skin_cancer": "cc-by-nc-4.0"}  # data licences that bind derived weights
-
 
 @dataclass
 class TrainingReport:
@@ -141,11 +111,6 @@ def load_training_data(data_args: DataArguments, seed: int) -> tuple[LesionDatas
     return lesions, Path(source).is_dir() and is_complete(source)
 
 
-def metadata_frame(split: datasets.Dataset, columns: list[str]):
-    """The metadata columns of a split as a DataFrame (images are not decoded)."""
-    return split.select_columns(columns).to_pandas()
-
-
 def build_processor_and_config(
     lesions: LesionDataset, model_args: ModelArguments, data_args: DataArguments
 ) -> tuple[SkinFusionProcessor, SkinFusionConfig]:
@@ -173,66 +138,6 @@ def build_processor_and_config(
         **processor.metadata_schema(),
     )
     return processor, config
-
-
-def training_split(
-    lesions: LesionDataset, processor: SkinFusionProcessor, config: SkinFusionConfig, strategy: str, seed: int
-) -> tuple[datasets.Dataset, np.ndarray]:
-    """The balanced training split with its (augmenting) transform, and its labels; SMOTE works on encoded rows."""
-    train = lesions.splits["train"]
-    if strategy == "smote":
-        if config.modality != "metadata":
-            raise ValueError(
-                "balancing='smote' interpolates feature vectors, which is meaningful for tabular metadata but not for "
-                "raw pixels: use it with --modality metadata or on cached backbone features (--cache_image_features "
-                "True with a frozen backbone), or pick oversample / augment / class_weights for image models."
-            )
-        features = processor.encode_metadata(metadata_frame(train, processor.encoder.columns)).numpy()
-        resampled, labels = smote_features(features, np.asarray(train["label"]), seed=seed)
-        return datasets.Dataset.from_dict({"metadata": resampled, "labels": labels}).with_format("torch"), labels
-    train = balance_dataset(train, strategy, seed=seed)
-    return with_model_inputs(train, processor, config, training=True), np.asarray(train["label"])
-
-
-def cached_feature_splits(
-    lesions: LesionDataset, processor: SkinFusionProcessor, model: SkinFusionForImageClassification, strategy: str,
-    args: SkinFusionTrainingArguments,
-) -> tuple[CachedInputs, np.ndarray, CachedInputs, CachedInputs, CachedInputs | None]:
-    """Train (balanced, one row per cached view), validation, test and test with nothing recorded, as rows of
-    `image_features`, `metadata`, `labels`: the frozen backbone runs once per image and view, the Trainer only trains
-    the metadata MLP and head."""
-    config, backbone = model.config, model.skin_fusion.backbone
-
-    def inputs(split: str, view: str) -> dict[str, np.ndarray]:
-        with_features = add_image_features(lesions.splits[split], backbone, processor, view=view,
-                                           batch_size=args.per_device_eval_batch_size,
-                                           desc=f"{split} features ({view})")
-        return cached_inputs(with_features, processor, config.uses_image, config.uses_metadata)
-
-    with PartialState().main_process_first():  # the main process fills the cache; the others read it
-        train = concatenate_inputs([inputs("train", view) for view in args.cache_train_views])
-        validation, test = inputs("validation", "original"), inputs("test", "original")
-    if strategy == "smote":
-        train = smote_inputs(train, seed=args.seed)
-    elif strategy in RESAMPLING_STRATEGIES:
-        train = select_rows(train, resample_indices(train["labels"], strategy, args.seed, len(lesions.label_names)))
-    test_without_metadata = withhold_metadata(test, processor) if config.uses_metadata else None
-    return (CachedInputs(train), train["labels"], CachedInputs(validation), CachedInputs(test),
-            CachedInputs(test_without_metadata) if test_without_metadata is not None else None)
-
-
-def with_model_inputs(
-    split: datasets.Dataset, processor: SkinFusionProcessor, config: SkinFusionConfig, training: bool,
-    withhold_metadata: bool = False,
-) -> datasets.Dataset:
-    """The split with a lazy transform to model inputs; images are not even decoded for a metadata-only model.
-    `withhold_metadata` encodes every row as "nothing recorded" (the model's answer for an empty form)."""
-    columns = ["label"] + (["image"] if config.uses_image else [])
-    if config.uses_metadata:
-        columns += processor.encoder.columns
-    transform = processor.dataset_transform(training, use_images=config.uses_image, use_metadata=config.uses_metadata,
-                                            withhold_metadata=withhold_metadata)
-    return split.with_transform(transform, columns=columns)
 
 
 def trainer_arguments(
@@ -309,7 +214,8 @@ def run_training(
     started = time.perf_counter()
     if cached:
         train, train_labels, validation, test, test_without_metadata = cached_feature_splits(
-            lesions, processor, model, data_args.balancing, args)
+            lesions, processor, model, data_args.balancing, args.cache_train_views, args.per_device_eval_batch_size,
+            args.seed)
     else:
         train, train_labels = training_split(lesions, processor, config, data_args.balancing, args.seed)
         validation = with_model_inputs(lesions.splits["validation"], processor, config, training=False)
@@ -425,9 +331,7 @@ def card_facts(
     source = lesions.source
     is_hub_id = not Path(source).exists() and "/" in source
     dataset_name = "SkinFusion synthetic demo set" if synthetic else Path(source).name or source
-    license_name = "apache-2.0" if synthetic else next(
-        (value for key, value in LICENSES.items() if key in source.lower()), "other"
-    )
+    license_name = "apache-2.0" if synthetic else hub_license_of(source)
     train_labels = np.asarray(lesions.splits["train"]["label"])
     pretrained = timm.models.get_pretrained_cfg(model.config.backbone) if model.config.uses_image else None
     return ModelCardFacts(

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .lite_weights import has_lite_weights, load_lite_state_dict
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification
+from .lite_weights import has_lite_weights, load_lite_state_dict
 
 
 def load_backbone_weights(model: SkinFusionForImageClassification) -> str:
