@@ -1,4 +1,5 @@
-"""Shared test set-up: offline Hub, quiet Gradio, two CPU threads; a saved tiny fusion model and its predictor."""
+"""Shared test set-up: offline Hub, quiet Gradio; a saved tiny fusion model and its predictor; a synthetic lesion
+folder per test module."""
 
 import os
 from pathlib import Path
@@ -12,8 +13,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Imported after the environment above: huggingface_hub and datasets read it when they are imported.
 import datasets  # noqa: E402
 
+from skin_fusion.data.synthetic import generate_synthetic_lesions  # noqa: E402
 from skin_fusion.serving.predictor import SkinFusionPredictor  # noqa: E402
-from tests.app_fixtures import save_tiny_model  # noqa: E402
+from tests.helpers import save_tiny_model  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -43,3 +45,11 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def predictor(model_dir) -> SkinFusionPredictor:
     return SkinFusionPredictor.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def lesion_folder(request, tmp_path_factory) -> Path:
+    """A synthetic lesion folder generated once per test module, with the module's `LESION_FOLDER` settings
+    (`generate_synthetic_lesions` keyword arguments: n_images, image_size, seed)."""
+    settings = getattr(request.module, "LESION_FOLDER", {"n_images": 120, "image_size": 32})
+    return generate_synthetic_lesions(tmp_path_factory.mktemp("lesions"), **settings)

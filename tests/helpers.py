@@ -1,8 +1,15 @@
-"""Small builders shared by the tests: tiny timm backbones, a fitted processor, a matching model."""
+"""Small builders shared by the tests: tiny timm backbones, a fitted processor, a matching model saved with it,
+lesion-like images."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
 
 from skin_fusion import MetadataEncoder, SkinFusionConfig, SkinFusionForImageClassification, SkinFusionProcessor
 
@@ -35,3 +42,36 @@ def tiny_model(modality: str = "fusion", processor: SkinFusionProcessor | None =
     }
     config = SkinFusionConfig(**{**settings, **overrides})
     return SkinFusionForImageClassification(config)
+
+
+def save_tiny_model(directory: Path, modality: str = "fusion", seed: int = 0) -> Path:
+    """A tiny SkinFusion model and its fitted processor saved in `directory`."""
+    torch.manual_seed(seed)
+    processor = fitted_processor()
+    model = tiny_model(modality, processor=processor)
+    # Wider than the 0.02 initialisation, so that the untrained model clearly prefers one class per input.
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.5)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def lesion_image(width: int = 96, height: int = 80, seed: int = 0) -> Image.Image:
+    """A skin-toned RGB image with a dark, off-centre, noisy blob."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    blob = ((xx - 0.4 * width) / (0.25 * width)) ** 2 + ((yy - 0.55 * height) / (0.3 * height)) ** 2 < 1
+    pixels = np.where(blob[..., None], [110, 60, 45], [225, 180, 160]) + rng.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def symmetric_lesion(size: int = 64) -> Image.Image:
+    """A centred disc in a square: unchanged by every 90-degree rotation and flip."""
+    centre = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size]
+    radius = np.hypot(yy - centre, xx - centre)
+    pixels = np.stack([225 - radius, 180 - 2 * radius, 160 - radius], axis=-1)
+    pixels[radius < size / 4] = [110, 60, 45]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))

@@ -1,9 +1,8 @@
-"""Builders shared by the inference and app tests: a saved tiny model, lesion-like images, a launched app, and the
-browser session that fills the app's form.
+"""Photograph the app for the README: serve it with a model, fill its form in headless Chromium, save the page.
 
-Run as a script to photograph the app for the README (a trained model gives a more telling picture):
+    python -m tools.screenshot [--model outputs/skin-fusion] [--out docs/app-screenshot.png]
 
-    python -m tests.app_fixtures --model outputs/skin-fusion --out docs/app-screenshot.png
+The app-serving and browser steps (`running_app`, `classify_in_browser`) are also what the app's browser test drives.
 """
 
 from __future__ import annotations
@@ -12,53 +11,13 @@ import argparse
 import contextlib
 import os
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-from torch import nn
-
-from tests.helpers import fitted_processor, tiny_model
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-
-
-def save_tiny_model(directory: Path, modality: str = "fusion", seed: int = 0) -> Path:
-    """A tiny SkinFusion model and its fitted processor saved in `directory`."""
-    torch.manual_seed(seed)
-    processor = fitted_processor()
-    model = tiny_model(modality, processor=processor)
-    # Wider than the 0.02 initialisation, so that the untrained model clearly prefers one class per input.
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.5)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
-
-
-def lesion_image(width: int = 96, height: int = 80, seed: int = 0) -> Image.Image:
-    """A skin-toned RGB image with a dark, off-centre, noisy blob."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    blob = ((xx - 0.4 * width) / (0.25 * width)) ** 2 + ((yy - 0.55 * height) / (0.3 * height)) ** 2 < 1
-    pixels = np.where(blob[..., None], [110, 60, 45], [225, 180, 160]) + rng.normal(0, 12, (height, width, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
-def symmetric_lesion(size: int = 64) -> Image.Image:
-    """A centred disc in a square: unchanged by every 90-degree rotation and flip."""
-    centre = (size - 1) / 2
-    yy, xx = np.mgrid[0:size, 0:size]
-    radius = np.hypot(yy - centre, xx - centre)
-    pixels = np.stack([225 - radius, 180 - 2 * radius, 160 - radius], axis=-1)
-    pixels[radius < size / 4] = [110, 60, 45]
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def free_port() -> int:
@@ -110,29 +69,28 @@ def classify_in_browser(page, url: str, image_path: Path, age: float, sex: str, 
 
 
 def main() -> None:
-    """Photograph the app with a model (default: a tiny untrained one) for the README."""
+    """Photograph the app with a trained model for the README."""
     from playwright.sync_api import sync_playwright
 
-    from skin_fusion.serving.predictor import SkinFusionPredictor
     from skin_fusion.data.synthetic import ensure_default_dataset
+    from skin_fusion.serving.predictor import SkinFusionPredictor
+    from skin_fusion.training.arguments import DEFAULT_OUTPUT_DIR
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model", help="model directory or Hub id (default: a tiny untrained test model)")
+    parser.add_argument("--model", default=DEFAULT_OUTPUT_DIR, help="model directory or Hub id (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("docs/app-screenshot.png"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or save_tiny_model(Path(tmp) / "model")
-        predictor = SkinFusionPredictor.from_pretrained(model)
-        data_dir = ensure_default_dataset()
-        image = data_dir / "images" / "synth_0_00000.png"
-        choices = predictor.metadata_choices()
-        sex = "male" if "male" in choices.get("sex", []) else "unknown"
-        site = "head/neck" if "head/neck" in choices.get("anatom_site_general", []) else "unknown"
-        with running_app(predictor) as url, sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            shown = classify_in_browser(page, url, image, 63, sex, site, args.out)
-            browser.close()
+    predictor = SkinFusionPredictor.from_pretrained(args.model)
+    data_dir = ensure_default_dataset()
+    image = data_dir / "images" / "synth_0_00000.png"
+    choices = predictor.metadata_choices()
+    sex = "male" if "male" in choices.get("sex", []) else "unknown"
+    site = "head/neck" if "head/neck" in choices.get("anatom_site_general", []) else "unknown"
+    with running_app(predictor) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        shown = classify_in_browser(page, url, image, 63, sex, site, args.out)
+        browser.close()
     print(f"{args.out}: top label {shown['top_label']!r}")
 
 

@@ -22,9 +22,10 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 import app
 from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES
 from skin_fusion.data.synthetic import generate_synthetic_lesions
-from tests.app_fixtures import lesion_image, running_app
+from tests.helpers import lesion_image
+from tools.screenshot import running_app
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METADATA = {"age": 55, "sex": "female", "anatom_site_general": "face"}
 
 

@@ -15,15 +15,8 @@ from playwright.sync_api import sync_playwright
 
 from skin_fusion.serving.predictor import SkinFusionPredictor
 from skin_fusion.data.synthetic import generate_synthetic_lesions
-from tests.app_fixtures import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    chromium_available,
-    classify_in_browser,
-    lesion_image,
-    running_app,
-    save_tiny_model,
-)
+from tests.helpers import lesion_image, save_tiny_model
+from tools.screenshot import CHROMIUM, CHROMIUM_ARGS, chromium_available, classify_in_browser, running_app
 
 
 def require_chromium() -> None:

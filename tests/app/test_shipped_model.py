@@ -17,7 +17,7 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 import skin_fusion  # noqa: F401  (registers the Auto classes)
 from skin_fusion.reports.model_card import load_card_facts, render_model_card
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "skin-fusion-ham10000"
 EXAMPLES = REPO / "examples" / "ham10000"
 

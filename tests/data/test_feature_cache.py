@@ -21,7 +21,6 @@ from skin_fusion.data.feature_cache import (
     smote_inputs,
 )
 from skin_fusion.modeling.modeling_skin_fusion import SkinFusionForImageClassification
-from skin_fusion.data.synthetic import generate_synthetic_lesions
 from skin_fusion.training.run import run_training
 from skin_fusion.training.arguments import parse_training_arguments
 from tests.helpers import TINY_SIZE, fitted_processor, tiny_model
@@ -33,9 +32,7 @@ CACHED_RUN = ["--backbone", "skin_fusion_small_cnn", "--image_size", "64", "--ba
               "--report_to", "none", "--disable_tqdm", "True", "--seed", "0", "--test_size", "0.3"]
 
 
-@pytest.fixture(scope="module")
-def lesion_folder(tmp_path_factory):
-    return generate_synthetic_lesions(tmp_path_factory.mktemp("lesions"), n_images=150, image_size=64, seed=5)
+LESION_FOLDER = dict(n_images=150, image_size=64, seed=5)  # the `lesion_folder` fixture (conftest.py) generates it
 
 
 @pytest.fixture(scope="module")

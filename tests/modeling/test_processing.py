@@ -1,5 +1,7 @@
 """SkinFusionProcessor: image transforms from timm's data config, metadata imputation, saving and loading."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,13 @@ def test_processor_schema_must_match_the_model():
     processor.check_matches(tiny_model("fusion", processor=processor).config)
     with pytest.raises(ValueError, match="does not match the model's metadata schema"):
         processor.check_matches(tiny_model("fusion", processor=processor, numeric_features=[]).config)
+
+
+def test_the_metadata_encoder_is_built_once_and_not_saved_twice(tmp_path):
+    processor = fitted_processor()
+    assert processor.encoder is processor.encoder
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert "metadata_encoder" in saved and not {"_encoder", "_encoder_source"} & set(saved)
+    processor.metadata_encoder = {**processor.metadata_encoder, "on_unseen": "error"}  # a replaced dict is rebuilt
+    assert processor.encoder.to_dict()["on_unseen"] == "error"

@@ -11,7 +11,7 @@ from skin_fusion.reports.dataset_card import main, render_dataset_card
 from skin_fusion.data.synthetic import generate_synthetic_lesions
 from tests.helpers import HAM_DX_COUNTS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 from skin_fusion import MetadataError
 from skin_fusion.reports.model_card import ModelCardFacts, save_card_facts
 from skin_fusion.serving.predictor import ModelNotFoundError, SkinFusionPredictor, centre_crop_box, dihedral_views
-from tests.app_fixtures import lesion_image, save_tiny_model, symmetric_lesion
+from tests.helpers import lesion_image, save_tiny_model, symmetric_lesion
 
 METADATA = {"age": 55, "sex": "female", "anatom_site_general": "face"}
 

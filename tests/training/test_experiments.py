@@ -11,7 +11,6 @@ from PIL import Image
 
 import skin_fusion.training.run
 from skin_fusion.training.experiments import REPORT_NAME, comparison_plan, run_comparison
-from skin_fusion.data.synthetic import generate_synthetic_lesions
 
 RUNS = ["metadata_mlp", "small_cnn", "fusion_lite0"]
 # train.py flags for every run: the fusion run gets the plain CNN too, so nothing needs pretrained weights.
@@ -24,9 +23,7 @@ def tiny_comparison_argv(folder: Path, out: Path, epochs: int = 1) -> list[str]:
             "--freeze_epochs", "0", "--metadata_epochs", "2", "--only", *RUNS, *TINY_TRAIN_FLAGS]
 
 
-@pytest.fixture(scope="module")
-def lesion_folder(tmp_path_factory) -> Path:
-    return generate_synthetic_lesions(tmp_path_factory.mktemp("lesions"), n_images=120, image_size=32)
+LESION_FOLDER = dict(n_images=120, image_size=32)  # the `lesion_folder` fixture (conftest.py) generates it
 
 
 @pytest.fixture(scope="module")

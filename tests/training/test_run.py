@@ -14,7 +14,6 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 
 import skin_fusion  # noqa: F401  (registers the Auto classes)
 from skin_fusion.training.calibration import ADJUSTMENT_STRENGTHS
-from skin_fusion.data.synthetic import generate_synthetic_lesions
 from skin_fusion.training.run import run_training
 from skin_fusion.training.arguments import parse_training_arguments
 
@@ -25,9 +24,7 @@ TINY = ["--backbone", "skin_fusion_small_cnn", "--image_size", "64", "--backbone
         "--num_train_epochs", "15", "--test_size", "0.3"]
 
 
-@pytest.fixture(scope="module")
-def lesion_folder(tmp_path_factory) -> Path:
-    return generate_synthetic_lesions(tmp_path_factory.mktemp("lesions"), n_images=600, image_size=64, seed=3)
+LESION_FOLDER = dict(n_images=600, image_size=64, seed=3)  # the `lesion_folder` fixture (conftest.py) generates it
 
 
 def train(folder: Path, output_dir: Path, *extra: str):

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from skin_fusion.training.checkpoints import last_complete_checkpoint
-from skin_fusion.data.synthetic import generate_synthetic_lesions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--backbone", "skin_fusion_small_cnn", "--image_size", "48", "--backbone_weights", "none",
         "--metadata_hidden_sizes", "16", "--head_hidden_sizes", "32", "--freeze_epochs", "1",
         "--per_device_train_batch_size", "16", "--report_to", "none", "--disable_tqdm", "True", "--seed", "0",
@@ -27,9 +26,7 @@ def environment() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-@pytest.fixture(scope="module")
-def lesion_folder(tmp_path_factory) -> Path:
-    return generate_synthetic_lesions(tmp_path_factory.mktemp("lesions"), n_images=200, image_size=48, seed=5)
+LESION_FOLDER = dict(n_images=200, image_size=48, seed=5)  # the `lesion_folder` fixture (conftest.py) generates it
 
 
 def train_command(folder: Path, output_dir: Path, *extra: str) -> list[str]:

@@ -1,0 +1,66 @@
+"""The fine-tuning optimizer: parameter groups per learning rate, the backbone's blocks, partial unfreezing."""
+
+from __future__ import annotations
+
+import pytest
+
+from skin_fusion.training.arguments import parse_training_arguments
+from skin_fusion.training.trainer import SkinFusionTrainer, backbone_block_names, optimizer_parameter_groups
+from tests.helpers import tiny_model
+
+HEAD_RATE, BACKBONE_RATE, DECAY = 2e-3, 2e-4, 1e-4
+
+
+def rates_by_name(model, groups) -> dict[str, tuple[float, float]]:
+    """(learning rate, weight decay) of every parameter, by name; each parameter must be in exactly one group."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    seen = [(names[id(p)], (group["lr"], group["weight_decay"])) for group in groups for p in group["params"]]
+    assert len(seen) == len(names), "every parameter belongs to exactly one group"
+    return dict(seen)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def test_backbone_blocks_cover_every_backbone_parameter_once_first_to_last(model):
+    blocks = backbone_block_names(model)
+    flat = [name for block in blocks for name in block]
+    backbone = [name for name, _ in model.named_parameters() if name.startswith("skin_fusion.backbone.")]
+    assert sorted(flat) == sorted(backbone) and len(flat) == len(set(flat))
+    assert len(blocks) >= 3
+    assert any("conv_stem" in name for name in blocks[0])  # the stem comes first
+
+
+def test_parameter_groups_give_the_backbone_its_own_rate_and_spare_biases_from_decay(model):
+    rates = rates_by_name(model, optimizer_parameter_groups(model, HEAD_RATE, BACKBONE_RATE, DECAY))
+    for name, parameter in model.named_parameters():
+        rate, decay = rates[name]
+        assert rate == (BACKBONE_RATE if name.startswith("skin_fusion.backbone.") else HEAD_RATE)
+        assert decay == (0.0 if parameter.ndim <= 1 else DECAY)
+
+
+def test_unfreeze_last_blocks_keeps_earlier_blocks_at_rate_zero(model):
+    blocks = backbone_block_names(model)
+    rates = rates_by_name(model, optimizer_parameter_groups(model, HEAD_RATE, BACKBONE_RATE, DECAY,
+                                                            unfreeze_last_blocks=2))
+    for block in blocks[:-2]:
+        assert all(rates[name] == (0.0, 0.0) for name in block)
+    for block in blocks[-2:]:
+        assert all(rates[name][0] == BACKBONE_RATE for name in block)
+    head = [name for name in rates if not name.startswith("skin_fusion.backbone.")]
+    assert head and all(rates[name][0] == HEAD_RATE for name in head)
+
+
+def test_unfreeze_last_blocks_flag_reaches_the_trainers_optimizer(model, tmp_path):
+    _, _, args = parse_training_arguments(["--output_dir", str(tmp_path), "--unfreeze_last_blocks", "1",
+                                           "--report_to", "none", "--eval_strategy", "no", "--save_strategy", "no",
+                                           "--load_best_model_at_end", "False"])
+    assert args.unfreeze_last_blocks == 1
+    trainer = SkinFusionTrainer(model=model, args=args, backbone_learning_rate=args.backbone_learning_rate,
+                                unfreeze_last_blocks=args.unfreeze_last_blocks)
+    rates = rates_by_name(model, trainer.create_optimizer().param_groups)
+    blocks = backbone_block_names(model)
+    assert all(rates[name][0] == 0.0 for block in blocks[:-1] for name in block)
+    assert all(rates[name][0] == args.backbone_learning_rate for name in blocks[-1])
