@@ -15,7 +15,7 @@ from skin_fusion import MetadataEncoder, SkinFusionConfig, SkinFusionForImageCla
 
 TINY_BACKBONE = "test_efficientnet"
 TINY_SIZE = 64
-# HAM10000 class counts, from ../shared/data/README.md.
+# HAM10000 class counts, as published (Tschandl et al., Sci. Data 5, 180161, 2018; see data/known_datasets.py).
 HAM_DX_COUNTS = {"nv": 6703, "mel": 1113, "bkl": 1099, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
 LABELS = {0: "actinic keratosis", 1: "pigmented benign keratosis", 2: "squamous cell carcinoma"}
 

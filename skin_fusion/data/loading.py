@@ -2,7 +2,8 @@
 
 `load_lesion_dataset` reads one of
   (a) a local imagefolder directory: `images/*.jpg` plus `metadata.csv` whose `file_name` column holds paths relative
-      to the folder (the layout of ../shared/data/*), or one subfolder of images per class;
+      to the folder (the layout of the synthetic default and of the prepared real sets), or one subfolder of images
+      per class;
   (b) a CSV file plus an image directory, the CSV naming each image by file name, path or id (`.jpg` appended);
   (c) a Hugging Face Hub data set id such as `marmal88/skin_cancer`;
 and returns train / validation / test splits with the columns `image` (decoded lazily, on access), `label`

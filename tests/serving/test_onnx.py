@@ -115,7 +115,7 @@ def test_directory_without_config_is_not_a_model_dir(tmp_path):
 
 
 def test_session_without_exported_file_says_how_to_export(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"python -m skin_fusion\.onnx_export"):
+    with pytest.raises(FileNotFoundError, match=r"python -m skin_fusion\.serving\.onnx"):
         OnnxSkinFusion.from_pretrained(tmp_path)
 
 
