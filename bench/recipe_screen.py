@@ -267,7 +267,8 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
     for name, rows in by_recipe.items():
         lines.append(
             f"| {name} | {len(rows)} | {cell(rows, 'fusion', 'balanced_accuracy')} | "
-            f"{cell(rows, 'fusion_nothing_recorded', 'balanced_accuracy')} | {cell(rows, 'image', 'balanced_accuracy')} "
+            f"{cell(rows, 'fusion_nothing_recorded', 'balanced_accuracy')} | "
+            f"{cell(rows, 'image', 'balanced_accuracy')} "
             f"| {cell(rows, 'fusion', 'macro_auc')} / {cell(rows, 'fusion_nothing_recorded', 'macro_auc')} | "
             f"{cell(rows, 'image', 'macro_auc')} |")
     return "\n".join(lines)

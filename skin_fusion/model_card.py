@@ -134,7 +134,7 @@ def render_model_card(
 
 
 def save_card_facts(facts: ModelCardFacts, path: Path) -> Path:
-    """The facts as JSON (`card_facts.json` beside the weights), so that a card can be rendered again without the run."""
+    """The facts as JSON (`card_facts.json` beside the weights): a card can be rendered again without the run."""
     path.write_text(json.dumps(asdict(facts), indent=1, default=float))
     return path
 
