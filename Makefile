@@ -1,4 +1,5 @@
-# SkinFusion: `make demo` trains on the embedded default set and serves the app; `make test` runs the test suite.
+# SkinFusion: `make demo` serves the shipped HAM10000 model in the app; `make test` runs the test suite;
+# `make train` trains the quick synthetic demo model (outputs/skin-fusion).
 # Both install what they need first (a .venv beside this file; Debian chromium for the browser tests).
 
 PYTHON ?= python3.11
@@ -34,4 +35,4 @@ train: setup
 serve: setup
 	$(PY) app.py
 
-demo: train serve
+demo: serve

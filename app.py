@@ -3,7 +3,7 @@ class probabilities, an uncertainty note and a Grad-CAM heatmap. A research tool
 
     python app.py [--model PATH_OR_HUB_ID] [--runtime torch|onnx] [--host 127.0.0.1] [--port 7860]
 
-The model is --model, else $SKIN_FUSION_MODEL, else outputs/skin-fusion (made by `python train.py`). With
+The model is --model, else $SKIN_FUSION_MODEL, else the shipped HAM10000 model in models/skin-fusion-ham10000. With
 `--runtime onnx` ($SKIN_FUSION_RUNTIME) predictions without Grad-CAM run in ONNX Runtime. The prediction is the API
 endpoint `/predict`, callable with gradio_client (README, "The app").
 """
@@ -35,9 +35,10 @@ from skin_fusion.modeling.metadata_encoding import NUMERIC_VALID_RANGES
 from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, ImageInputError
 from skin_fusion.serving.predictor import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
 from skin_fusion.threads import configure_torch_threads
-from skin_fusion.training.arguments import DEFAULT_OUTPUT_DIR
 
-DEFAULT_MODEL = DEFAULT_OUTPUT_DIR
+DEFAULT_MODEL = "models/skin-fusion-ham10000"
+# Held-out test images of the shipped model, offered as examples when the served model knows their classes.
+HAM10000_EXAMPLES = Path(__file__).resolve().parent / "examples" / "ham10000"
 # One prediction at a time (each uses all of torch's CPU threads); up to 32 more requests wait in the queue.
 CONCURRENCY_LIMIT = 1
 MAX_QUEUE = 32
@@ -51,7 +52,7 @@ DISCLAIMER = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve the SkinFusion Gradio app.")
     parser.add_argument("--model", default=os.environ.get("SKIN_FUSION_MODEL", DEFAULT_MODEL),
-                        help="model directory or Hub id (default: $SKIN_FUSION_MODEL or outputs/skin-fusion)")
+                        help=f"model directory or Hub id (default: $SKIN_FUSION_MODEL or {DEFAULT_MODEL})")
     parser.add_argument("--runtime", choices=RUNTIMES, default=os.environ.get("SKIN_FUSION_RUNTIME", "torch"),
                         help="'onnx' runs predictions without Grad-CAM in ONNX Runtime (exported and checked at start)")
     # Spaces set GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; locally the app stays on this machine.
@@ -63,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_predictor(model: str, runtime: str = "torch") -> SkinFusionPredictor:
     """The predictor, or `ModelNotFoundError`; the default path is never looked up on the Hub."""
     if model == DEFAULT_MODEL and not Path(model).is_dir():
-        raise ModelNotFoundError(f"No model at {DEFAULT_MODEL}. Make one with:\n\n    python train.py\n\n"
+        raise ModelNotFoundError(f"No model at {DEFAULT_MODEL}. Restore it from git, or make it with:\n\n"
+                                 "    python train.py --preset ham10000 --dataset PATH/TO/ham10000\n\n"
                                  "or pass --model PATH_OR_HUB_ID (or set SKIN_FUSION_MODEL).")
     return SkinFusionPredictor.from_pretrained(model, runtime=runtime)
 
@@ -126,9 +128,21 @@ def metadata_input(name: str, predictor: SkinFusionPredictor) -> gr.components.C
     return gr.Dropdown(choices, value=UNKNOWN_CHOICE, label=label, elem_id=f"field-{name}")
 
 
+def example_folder(predictor: SkinFusionPredictor) -> tuple[Path, str]:
+    """The examples for this model, with their heading: the held-out HAM10000 images when the model knows their
+    classes, else the synthetic set (generated on first use)."""
+    examples = pd.read_csv(HAM10000_EXAMPLES / "metadata.csv", dtype=str) if HAM10000_EXAMPLES.is_dir() else None
+    if examples is not None and set(examples["dx"]) <= set(predictor.labels):
+        return HAM10000_EXAMPLES, ("Held-out HAM10000 test images (never seen in training; CC BY-NC 4.0, Tschandl et "
+                                   "al. 2018) with their recorded age, sex and site")
+    return ensure_default_dataset(), "Synthetic examples (drawn, not photographs)"
+
+
 def example_rows(predictor: SkinFusionPredictor, data_dir: Path, per_class: int = 1) -> list[list[Any]]:
-    """Complete rows of the synthetic set, per class: image and metadata (unknown to the model -> empty/"unknown")."""
-    frame = pd.read_csv(data_dir / "metadata.csv", dtype=str).dropna().groupby("label", sort=False).head(per_class)
+    """Complete rows of an example folder, per class: image and metadata (unknown to the model -> empty/"unknown")."""
+    frame = pd.read_csv(data_dir / "metadata.csv", dtype=str).dropna()
+    label_column = "dx" if "dx" in frame.columns else "label"
+    frame = frame.groupby(label_column, sort=False).head(per_class)
     choices = predictor.metadata_choices()
 
     def value(column: str, raw: str | None) -> Any:
@@ -141,7 +155,7 @@ def example_rows(predictor: SkinFusionPredictor, data_dir: Path, per_class: int 
 
 
 def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> gr.Blocks:
-    """The app's layout and its `/predict` endpoint; `data_dir` holds the examples (default: the synthetic set)."""
+    """The app's layout and its `/predict` endpoint; `data_dir` holds the examples (default: `example_folder`)."""
     # delete_cache: hourly, remove uploads and outputs older than an hour from Gradio's cache.
     with gr.Blocks(title="SkinFusion", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# SkinFusion\nA lesion photo and, if known, the patient's age, sex and lesion site give "
@@ -162,9 +176,10 @@ def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> 
                 note = gr.Markdown(label="How to read this result", elem_id="uncertainty-note")
                 heatmap = gr.Image(label="Grad-CAM heatmap", interactive=False, height=320, elem_id="heatmap")
                 caption = gr.Markdown(label="Heatmap caption", elem_id="heatmap-caption")
-        examples = example_rows(predictor, data_dir or ensure_default_dataset())
+        examples_dir, heading = (data_dir, "Examples") if data_dir is not None else example_folder(predictor)
+        examples = example_rows(predictor, examples_dir)
         if examples:
-            gr.Examples(examples, inputs=[image, *fields], label="Synthetic examples (drawn, not photographs)")
+            gr.Examples(examples, inputs=[image, *fields], label=heading)
         with gr.Accordion("About this model: classes, training data, test results", open=False):
             gr.Markdown(predictor.card.to_markdown(), elem_id="model-card")
         # preprocess=False: the handler gets the raw values, so every bad input is refused with its own message.

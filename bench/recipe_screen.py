@@ -98,6 +98,9 @@ RECIPES = [
     Recipe("masking, no class weights", balancing="none"),
     Recipe("masking + hflip view", views=("original", "hflip")),
     Recipe("masking, head 512, dropout 0.5", head_hidden_sizes=(512,), dropout=0.5),
+    Recipe("no class weights, no masking", balancing="none", metadata_dropout=0.0, metadata_row_dropout=0.0),
+    Recipe("no class weights, masking: fields 0.2, rows 0.5", balancing="none", metadata_dropout=0.2,
+           metadata_row_dropout=0.5),
 ]
 
 
@@ -289,7 +292,9 @@ def main() -> None:
     report_parser.add_argument("--out", type=Path, default=RESULTS / "results.json")
     args = parser.parse_args()
     if args.command == "report":
-        print(summary_table(json.loads(args.out.read_text())["runs"]))
+        table = summary_table(json.loads(args.out.read_text())["runs"])
+        args.out.with_suffix(".md").write_text(table + "\n")
+        print(table)
     elif args.command == "extract":
         print(extract(args.backbone, args.image_size, args.views, args.batch_size))
     else:

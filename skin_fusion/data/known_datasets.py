@@ -23,6 +23,16 @@ LEAKY_COLUMNS = {
     "by histopathology), so a model would read the label from it instead of from the lesion",
 }
 
+# Between the known sets: ISIC 2017 labels -> HAM10000 dx (for external validation of HAM10000 models).
+ISIC2017_TO_HAM10000 = {"nevus": "nv", "melanoma": "mel", "seborrheic_keratosis": "bkl"}
+# ISIC general anatomical sites -> HAM10000 localisations; sites that span several localisations (head/neck: face,
+# scalp, ear or neck) become "not recorded" rather than a guess.
+ISIC_SITE_TO_HAM10000 = {
+    "anterior torso": "trunk", "lateral torso": "trunk", "posterior torso": "back",
+    "lower extremity": "lower extremity", "upper extremity": "upper extremity", "palms/soles": "acral",
+    "oral/genital": "genital",
+}
+
 
 @dataclass(frozen=True)
 class RealSet:

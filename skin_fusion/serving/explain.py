@@ -9,7 +9,7 @@ through the layers after the target only and computes no parameter gradient: `re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,7 +116,7 @@ def grad_cam(
     model: nn.Module,
     inputs: Mapping[str, torch.Tensor],
     target_layer: nn.Module,
-    class_index: int | None = None,
+    class_index: int | Callable[[torch.Tensor], int] | None = None,
 ) -> GradCamResult:
     """Grad-CAM of one image for one class, from a single forward and a single backward pass.
 
@@ -128,7 +128,8 @@ def grad_cam(
         inputs: a batch of one, e.g. `{"pixel_values": (1, 3, H, W), "metadata": (1, F)}`. The image is
             `inputs[model.main_input_name]` if the model names one, else the only 4-D tensor.
         target_layer: a module of `model` that outputs a (1, C, h, w) feature map, e.g. from `find_last_conv_layer`.
-        class_index: the class to explain; default the predicted (argmax) class.
+        class_index: the class to explain, or a function of the (1, num_labels) logits that picks it (e.g. the
+            model's decision rule); default the arg-max class.
 
     Returns:
         A `GradCamResult` with the heatmap at the image's H x W and the logits of the same forward.
@@ -188,6 +189,8 @@ def grad_cam(
     logits = _logits_of(outputs)
     if class_index is None:
         class_index = int(logits[0].argmax())
+    elif callable(class_index):
+        class_index = int(class_index(logits.detach()))
     if not 0 <= class_index < logits.shape[-1]:
         raise ValueError(f"class_index {class_index} is out of range for {logits.shape[-1]} classes.")
     with torch.inference_mode(False), torch.enable_grad():

@@ -32,6 +32,7 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 from ..evaluation.metrics import CARD_METRICS
 from ..modeling import MetadataEncoder, MetadataError, SkinFusionForImageClassification, SkinFusionProcessor
 from ..modeling.metadata_encoding import is_missing
+from ..modeling.modeling_skin_fusion import predicted_classes
 from ..training.arguments import DEFAULT_OUTPUT_DIR
 from .explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heatmap
 from .image_io import ImageSource, load_rgb_image
@@ -62,7 +63,8 @@ class Prediction:
 
     Args:
         probabilities: calibrated probability of every class, in the model's label order (they sum to 1).
-        label: the most probable class; `probability` its probability.
+        label: the predicted class (the most probable one after `config.decision_offsets`); `probability` its
+            probability.
         uncertain: the top probability is below `min_probability` or leads the runner-up by less than `min_margin`.
         note: a plain-language sentence on how to read this result.
         not_recorded: metadata fields that were missing and were imputed from the training data.
@@ -313,7 +315,8 @@ class SkinFusionPredictor:
         cam = None
         if explain and self.target_layer is not None:
             with self._explain_lock:
-                cam = grad_cam(self.model, inputs, self.target_layer)
+                cam = grad_cam(self.model, inputs, self.target_layer,
+                               class_index=lambda logits: int(self.model.predicted_classes(logits)[0]))
             probabilities = cam.logits.float().softmax(-1)[0]
         else:
             probabilities = self._probabilities(inputs)[0]
@@ -342,19 +345,29 @@ class SkinFusionPredictor:
     def _summarise(self, probabilities: torch.Tensor, not_recorded: list[str], views: int) -> Prediction:
         ranked = probabilities.sort(descending=True)
         top, runner_up = float(ranked.values[0]), float(ranked.values[1])
-        label = self.labels[int(ranked.indices[0])]
-        uncertain = top < self.min_probability or top - runner_up < self.min_margin
-        if uncertain:
+        most_probable = self.labels[int(ranked.indices[0])]
+        # The decision: the most probable class after the model's decision offsets (raising rare classes so that
+        # each is found about as often as the others; see SkinFusionConfig.decision_offsets).
+        decided = int(predicted_classes(probabilities.clamp_min(1e-12).log()[None], self.config.decision_offsets)[0])
+        label, probability = self.labels[decided], float(probabilities[decided])
+        uncertain = top < self.min_probability or top - runner_up < self.min_margin or label != most_probable
+        if label != most_probable:
+            note = (f"Flagged: {label} (probability {probability:.2f}), although {most_probable} is more probable "
+                    f"({top:.2f}). The decision weighs rarer classes up so that they are not missed: a clinician "
+                    "must look.")
+        elif uncertain:
             note = (f"Uncertain: the most likely class, {label}, has probability {top:.2f} and leads the next by "
                     f"{top - runner_up:.2f}. The model cannot tell these classes apart here: a clinician must look.")
         else:
             note = (f"Most likely {label} (probability {top:.2f}). This is not a diagnosis: a clinician must examine "
                     "every lesion.")
         if not_recorded:
-            note += f" Not recorded: {', '.join(not_recorded)} (the model used typical training values instead)."
+            note += f" Not recorded: {', '.join(not_recorded)} (the model was trained to work without them)." \
+                if self.config.metadata_row_dropout > 0 else \
+                f" Not recorded: {', '.join(not_recorded)} (the model used typical training values instead)."
         return Prediction(
             probabilities={name: float(p) for name, p in zip(self.labels, probabilities)}, label=label,
-            probability=top, uncertain=uncertain, note=note, not_recorded=not_recorded, tta_views=views,
+            probability=probability, uncertain=uncertain, note=note, not_recorded=not_recorded, tta_views=views,
         )
 
     def _add_explanation(self, result: Prediction, rgb: Image.Image | None, cam: GradCamResult | None) -> None:
@@ -373,5 +386,5 @@ class SkinFusionPredictor:
         result.overlay.paste(overlay_heatmap(rgb.crop(box), crop_heatmap), box[:2])
         explained = self.labels[cam.class_index]
         if explained != result.label:  # possible with TTA: Grad-CAM explains the un-augmented view
-            explained += f" (the un-augmented view's top class; with TTA the top class is {result.label})"
+            explained += f" (the un-augmented view's decision; with TTA the decision is {result.label})"
         result.explanation = f"Grad-CAM for {explained}: warm colours mark the regions that raised its score most."

@@ -234,7 +234,9 @@ def test_main_without_a_model_prints_the_train_command(tmp_path, monkeypatch, ca
     monkeypatch.delenv("SKIN_FUSION_MODEL", raising=False)
 
     assert app.main([]) == 1
-    assert "No model at outputs/skin-fusion. Make one with:\n\n    python train.py" in capsys.readouterr().err
+    # The default is the shipped model (app.DEFAULT_MODEL); absent, the app says how to get it back.
+    assert ("No model at models/skin-fusion-ham10000. Restore it from git, or make it with:\n\n"
+            "    python train.py --preset ham10000") in capsys.readouterr().err
 
 
 def test_app_script_without_a_model_exits_non_zero_without_a_traceback(tmp_path):
