@@ -1,5 +1,5 @@
-"""Builders shared by the inference and app tests: a saved tiny model, lesion-like images, a launched app, and the
-browser session that fills the app's form.
+"""Builders shared by the inference and app tests: a saved tiny model (and damaged copies), lesion-like images, a
+launched app, and the browser session that fills the app's form.
 
 Run as a script to photograph the app for the README (a trained model gives a more telling picture):
 
@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -40,6 +43,28 @@ def save_tiny_model(directory: Path, modality: str = "fusion", seed: int = 0) ->
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+# Ways a model folder gets damaged: an interrupted copy, an empty file, a cut header, another model's config.
+MODEL_DAMAGES = ["truncated weights", "empty weights", "weights header cut", "another model_type"]
+
+
+def damaged_model(model_dir: Path, damage: str) -> Path:
+    """A copy of a saved model beside it, broken as `damage` (one of `MODEL_DAMAGES`) says."""
+    broken = model_dir.parent / f"{model_dir.name}-{damage.replace(' ', '-')}"
+    shutil.copytree(model_dir, broken)
+    weights, config = broken / "model.safetensors", broken / "config.json"
+    if damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "empty weights":
+        weights.write_bytes(b"")
+    elif damage == "weights header cut":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "another model_type":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "model_type": "other_fusion"}))
+    else:
+        raise ValueError(f"Unknown damage {damage!r}; use one of {MODEL_DAMAGES}.")
+    return broken
 
 
 def lesion_image(width: int = 96, height: int = 80, seed: int = 0) -> Image.Image:
@@ -84,12 +109,22 @@ def chromium_available() -> bool:
     return os.access(CHROMIUM, os.X_OK)
 
 
+def require_chromium() -> None:
+    """Skip the calling test (with the reason) where Chromium is not installed, except in CI (`CI` set): a failure."""
+    if chromium_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"Chromium is missing at {CHROMIUM}, and the browser test must run in CI: install it with "
+                    "`make browser` (Debian package `chromium`).")
+    pytest.skip(f"Chromium is not installed at {CHROMIUM} (`make browser` installs it); in CI this is a failure.")
+
+
 def classify_in_browser(page, url: str, image_path: Path, age: float, sex: str, site: str, screenshot: Path) -> dict:
     """Upload, fill age / sex / site, click Classify, wait for the result; returns what the page shows."""
     page.goto(url)
     page.locator("#lesion-image input[type=file]").set_input_files(str(image_path))
     page.locator("#lesion-image img").first.wait_for(timeout=20_000)
-    page.locator("#field-age input").fill(str(age))
+    page.locator("#field-age textarea, #field-age input").first.fill(str(age))
     for field, value in (("sex", sex), ("anatom_site_general", site)):
         dropdown = page.locator(f"#field-{field} input")
         dropdown.click()

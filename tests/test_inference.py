@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -21,7 +17,7 @@ from skin_fusion.inference import (
     centre_window,
     dihedral_views,
 )
-from tests.app_fixtures import lesion_image, save_tiny_model, symmetric_lesion
+from tests.app_fixtures import MODEL_DAMAGES, damaged_model, lesion_image, save_tiny_model, symmetric_lesion
 
 METADATA = {"age": 55, "sex": "female", "anatom_site_general": "face"}
 
@@ -247,29 +243,9 @@ def test_a_long_bad_value_is_quoted_in_at_most_80_characters(predictor, field):
     assert "... (5000002 characters)" in str(error.value)
 
 
-def damage(model_dir: Path, kind: str) -> Path:
-    """A copy of a saved model broken the way `kind` says."""
-    broken = model_dir.parent / f"{model_dir.name}-{kind}"
-    shutil.copytree(model_dir, broken)
-    weights = broken / "model.safetensors"
-    if kind == "truncated weights":
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    elif kind == "empty weights":
-        weights.write_bytes(b"")
-    elif kind == "weights header cut":
-        weights.write_bytes(weights.read_bytes()[:1000])
-    elif kind == "another model_type":
-        config = json.loads((broken / "config.json").read_text())
-        (broken / "config.json").write_text(json.dumps({**config, "model_type": "other_fusion"}))
-    return broken
-
-
-DAMAGES = ["truncated weights", "empty weights", "weights header cut", "another model_type"]
-
-
-@pytest.mark.parametrize("kind", DAMAGES)
-def test_damaged_model_folder_gives_the_one_line_model_not_found_message(model_dir, kind):
-    broken = damage(model_dir, kind)
+@pytest.mark.parametrize("damage", MODEL_DAMAGES)
+def test_damaged_model_folder_gives_the_one_line_model_not_found_message(model_dir, damage):
+    broken = damaged_model(model_dir, damage)
 
     with pytest.raises(ModelNotFoundError) as error:
         SkinFusionPredictor.from_pretrained(broken)
@@ -278,5 +254,5 @@ def test_damaged_model_folder_gives_the_one_line_model_not_found_message(model_d
     assert message.startswith(f"'{broken}' is not a SkinFusion model directory (") and "\n" not in message
     assert message.endswith("Make a local model with `python train.py` (it writes outputs/skin-fusion), or pass a "
                             "Hub id with HF_HUB_OFFLINE=0.")
-    if kind == "another model_type":
+    if damage == "another model_type":
         assert "its config.json names model_type 'other_fusion', not 'skin_fusion'" in message
