@@ -308,6 +308,8 @@ class SkinFusionPredictor:
         """
         inputs: dict[str, torch.Tensor] = {}
         rgb, cut_from, not_recorded = None, None, []
+        if self.config.uses_metadata:  # first: bad metadata is refused before a large image is decoded
+            inputs["metadata"], not_recorded = self.encode_metadata(metadata)
         if self.config.uses_image:
             rgb = load_rgb_image(image)
             window = centre_window(rgb.size)
@@ -316,8 +318,6 @@ class SkinFusionPredictor:
             pixel_values = self.processor.preprocess_images(rgb)
             inputs["pixel_values"] = pixel_values.contiguous(memory_format=torch.channels_last) \
                 if self.channels_last else pixel_values
-        if self.config.uses_metadata:
-            inputs["metadata"], not_recorded = self.encode_metadata(metadata)
 
         cam = None
         if explain and self.target_layer is not None:
