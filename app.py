@@ -26,7 +26,6 @@ from starlette.middleware import Middleware
 from skin_fusion import MetadataError
 from skin_fusion.image_io import MAX_UPLOAD_BYTES, ImageInputError
 from skin_fusion.inference import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
-from skin_fusion.metadata_encoding import NUMERIC_VALID_RANGES
 from skin_fusion.synthetic import ensure_default_dataset
 from skin_fusion.web_io import RequestBodyLimit, image_file, upload_source
 
@@ -84,8 +83,9 @@ def make_predict_fn(predictor: SkinFusionPredictor, upload_dir: str):
 def metadata_input(name: str, predictor: SkinFusionPredictor) -> gr.components.Component:
     label = FIELD_LABELS.get(name, name.replace("_", " ").capitalize())
     if name in predictor.numeric_columns:
-        low, high = NUMERIC_VALID_RANGES.get(name, (None, None))
-        return gr.Number(label=f"{label}, optional", minimum=low, maximum=high, elem_id=f"field-{name}")
+        # A text box, not gr.Number: Gradio 6 shows an empty Number as 0 and sends 0, which would invent an age.
+        return gr.Textbox("", label=f"{label}, optional", placeholder="a number; leave empty if not recorded",
+                          elem_id=f"field-{name}")
     choices = predictor.metadata_choices()[name]
     return gr.Dropdown(choices, value=UNKNOWN_CHOICE, label=label, elem_id=f"field-{name}")
 
@@ -95,9 +95,9 @@ def example_rows(predictor: SkinFusionPredictor, data_dir: Path, per_class: int 
     frame = pd.read_csv(data_dir / "metadata.csv", dtype=str).dropna().groupby("label", sort=False).head(per_class)
     choices = predictor.metadata_choices()
 
-    def value(column: str, raw: str | None) -> Any:
+    def value(column: str, raw: str | None) -> str:
         if column in predictor.numeric_columns:
-            return None if raw is None else float(raw)
+            return "" if raw is None else f"{float(raw):g}"
         return raw if raw in choices[column] else UNKNOWN_CHOICE
 
     return [[str(data_dir / row["file_name"]), *(value(c, row.get(c)) for c in predictor.metadata_columns)]

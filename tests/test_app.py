@@ -225,7 +225,7 @@ def test_page_shows_disclaimer_model_card_and_examples_with_metadata(served, pre
     assert len(rows) == 3
     for image, age, sex, site in rows:
         assert Path(image).is_file() and Path(image).is_relative_to(examples_dir)
-        assert 0 < age <= 120 and sex in ("female", "male") and site == "unknown"  # the tiny model knows back/face
+        assert 0 < float(age) <= 120 and sex in ("female", "male") and site == "unknown"  # the model knows back/face
 
 
 def test_main_without_a_model_prints_the_train_command(tmp_path, monkeypatch, capsys):
