@@ -11,6 +11,7 @@ endpoint `/predict`, callable with gradio_client (README, "The app").
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import sys
@@ -27,12 +28,15 @@ from skin_fusion import MetadataError
 from skin_fusion.image_io import MAX_UPLOAD_BYTES, ImageInputError
 from skin_fusion.inference import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
 from skin_fusion.synthetic import ensure_default_dataset
-from skin_fusion.web_io import RequestBodyLimit, image_file, upload_source
+from skin_fusion.web_io import RequestBodyLimit, image_file, settle_server_memory, upload_source
 
 DEFAULT_MODEL = "outputs/skin-fusion"
 # One prediction at a time (each uses all of torch's CPU threads); up to 32 more requests wait in the queue.
 CONCURRENCY_LIMIT = 1
 MAX_QUEUE = 32
+# Gradio keeps each session's last inputs (a data URL: up to 27 MB) until this many newer sessions push them out. The
+# app keeps nothing between requests, so it keeps one session per running prediction.
+MAX_SESSIONS = CONCURRENCY_LIMIT
 FIELD_LABELS = {"age": "Age (years)", "sex": "Sex", "anatom_site_general": "Anatomical site"}
 DISCLAIMER = (
     "**Research tool, not a medical device.** SkinFusion must not be used to diagnose, treat or triage anyone. "
@@ -71,6 +75,9 @@ def make_predict_fn(predictor: SkinFusionPredictor, upload_dir: str):
         try:
             result = predictor.predict(upload_source(image, upload_dir), metadata, tta=bool(tta), explain=bool(explain))
         except (ImageInputError, MetadataError) as err:
+            # A refused request's inputs (a data URL, a decoded image) outlive it in a reference cycle through its
+            # traceback until a full collection, which a large heap makes rare: earlier ones are collected here.
+            gc.collect()
             raise gr.Error(str(err), print_exception=False) from err
         note = f"**{result.note}**" if result.uncertain else result.note
         caption = result.explanation if explain else "Grad-CAM is off: tick “Show where the model looked” to see it."
@@ -142,12 +149,12 @@ def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> 
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> Any:
-    """Serve with bounded uploads and request bodies, and no server-side rendering (it needs Node).
+    """Serve with bounded uploads, request bodies and sessions, and no server-side rendering (it needs Node).
 
     Gradio 6 takes the theme in `launch()`; its Default theme uses fonts bundled with gradio, never Google Fonts.
     """
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD_BYTES, ssr_mode=False,
-                       app_kwargs={"middleware": [Middleware(RequestBodyLimit)]},
+                       app_kwargs={"middleware": [Middleware(RequestBodyLimit)]}, state_session_capacity=MAX_SESSIONS,
                        theme=gr.themes.Default(), footer_links=["api"], **kwargs)
 
 
@@ -158,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFoundError as err:
         print(err, file=sys.stderr)
         return 1
-    launch(build_demo(predictor), args.host, args.port)
+    demo = build_demo(predictor)
+    settle_server_memory()
+    launch(demo, args.host, args.port)
     return 0
 
 
