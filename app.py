@@ -14,6 +14,7 @@ import argparse
 import gc
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import weakref
@@ -166,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 1
     demo = build_demo(predictor)
+    # Spaces and containers stop an app with SIGTERM: handled like Ctrl-C, Gradio closes the server and deletes the
+    # uploads it cached, and the heatmap folder goes at exit.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     settle_server_memory()
     launch(demo, args.host, args.port)
     return 0
