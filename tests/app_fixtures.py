@@ -1,5 +1,6 @@
-"""Builders shared by the inference and app tests: a saved tiny model, lesion-like images, a launched app, and the
-browser session that fills the app's form.
+"""Builders shared by the inference and app tests: a saved tiny model (and damaged copies), lesion-like images, the
+app launched in a thread or as its own `python app.py` process with raw HTTP calls to it, and the browser session
+that fills the app's form.
 
 Run as a script to photograph the app for the README (a trained model gives a more telling picture):
 
@@ -10,19 +11,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
+import psutil
+import pytest
 import torch
 from PIL import Image
 from torch import nn
 
 from tests.helpers import fitted_processor, tiny_model
 
+REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/lib/chromium/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -40,6 +53,28 @@ def save_tiny_model(directory: Path, modality: str = "fusion", seed: int = 0) ->
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+# Ways a model folder gets damaged: an interrupted copy, an empty file, a cut header, another model's config.
+MODEL_DAMAGES = ["truncated weights", "empty weights", "weights header cut", "another model_type"]
+
+
+def damaged_model(model_dir: Path, damage: str) -> Path:
+    """A copy of a saved model beside it, broken as `damage` (one of `MODEL_DAMAGES`) says."""
+    broken = model_dir.parent / f"{model_dir.name}-{damage.replace(' ', '-')}"
+    shutil.copytree(model_dir, broken)
+    weights, config = broken / "model.safetensors", broken / "config.json"
+    if damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "empty weights":
+        weights.write_bytes(b"")
+    elif damage == "weights header cut":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "another model_type":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "model_type": "other_fusion"}))
+    else:
+        raise ValueError(f"Unknown damage {damage!r}; use one of {MODEL_DAMAGES}.")
+    return broken
 
 
 def lesion_image(width: int = 96, height: int = 80, seed: int = 0) -> Image.Image:
@@ -80,8 +115,114 @@ def running_app(predictor, data_dir: Path | None = None) -> Iterator[str]:
         demo.close()
 
 
+@dataclasses.dataclass
+class AppProcess:
+    """A `python app.py` process and the folders it writes to."""
+
+    url: str
+    process: subprocess.Popen
+    upload_dir: Path  # GRADIO_TEMP_DIR: Gradio's cache of uploads and outputs
+    temp_dir: Path  # TMPDIR: the app's heatmap folder
+    log: Path
+
+    def rss(self) -> int:
+        return psutil.Process(self.process.pid).memory_info().rss
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # VmHWM := the resident memory now
+
+    def peak(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) * 1024
+
+    def files(self) -> set[Path]:
+        """Every file in the server's cache and temporary folders."""
+        return {path for folder in (self.upload_dir, self.temp_dir) for path in folder.rglob("*") if path.is_file()}
+
+
+@contextlib.contextmanager
+def app_process(model_dir: Path, root: Path, app_dir: Path = REPO) -> Iterator[AppProcess]:
+    """`python app.py --model model_dir` in its own process, run from `app_dir` (relative paths name the project's
+    sources), with its home (where the examples are generated), Gradio cache and temporary folders under `root`;
+    stopped with Ctrl-C (SIGINT) when the block ends, unless it ended already."""
+    folders = {name: root / name for name in ("home", "gradio", "tmp")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "HOME": str(folders["home"]), "GRADIO_TEMP_DIR": str(folders["gradio"]),
+           "TMPDIR": str(folders["tmp"]), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = root / f"server-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([sys.executable, "app.py", "--model", str(model_dir), "--port", str(port)],
+                                   cwd=app_dir, env=env, stdout=output, stderr=subprocess.STDOUT)
+    server = AppProcess(f"http://127.0.0.1:{port}/", process, folders["gradio"], folders["tmp"], log)
+    try:
+        deadline = time.monotonic() + 300
+        while not answers(server.url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"app.py did not start ({process.poll()=}):\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def answers(url: str) -> bool:
+    """Whether a web server at `url` answers 200."""
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def call_predict(url: str, data: list[Any], timeout: float = 120) -> tuple[str, Any]:
+    """POST /gradio_api/call/predict, then read its event stream: ("complete", outputs), ("error", message or None)
+    or ("http <status>", body) when the request itself is refused."""
+    response = httpx.post(f"{url}gradio_api/call/predict", json={"data": data}, timeout=timeout)
+    if response.status_code != 200:
+        return f"http {response.status_code}", response.text
+    event = None
+    with httpx.stream("GET", f"{url}gradio_api/call/predict/{response.json()['event_id']}", timeout=timeout) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                payload = json.loads(line.removeprefix("data:"))
+                return event, payload if event == "complete" else (payload or {}).get("error")
+    return "no result", None
+
+
+def predict_data(
+    image: Any, age: Any = None, sex: Any = "unknown", site: Any = "unknown", explain: bool = True
+) -> list[Any]:
+    """The /predict inputs in the API's order: image, age, sex, anatom_site_general, tta, explain."""
+    return [image, age, sex, site, False, explain]
+
+
+def upload_file(url: str, content: bytes, name: str = "lesion.png") -> str:
+    """Upload `content` as a visitor's browser does; the path Gradio gives back."""
+    response = httpx.post(f"{url}gradio_api/upload", files={"files": (name, content, "image/png")}, timeout=60)
+    response.raise_for_status()
+    return response.json()[0]
+
+
 def chromium_available() -> bool:
     return os.access(CHROMIUM, os.X_OK)
+
+
+def require_chromium() -> None:
+    """Skip the calling test (with the reason) where Chromium is not installed, except in CI (`CI` set): a failure."""
+    if chromium_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"Chromium is missing at {CHROMIUM}, and the browser test must run in CI: install it with "
+                    "`make browser` (Debian package `chromium`).")
+    pytest.skip(f"Chromium is not installed at {CHROMIUM} (`make browser` installs it); in CI this is a failure.")
 
 
 def classify_in_browser(page, url: str, image_path: Path, age: float, sex: str, site: str, screenshot: Path) -> dict:
@@ -89,7 +230,7 @@ def classify_in_browser(page, url: str, image_path: Path, age: float, sex: str, 
     page.goto(url)
     page.locator("#lesion-image input[type=file]").set_input_files(str(image_path))
     page.locator("#lesion-image img").first.wait_for(timeout=20_000)
-    page.locator("#field-age input").fill(str(age))
+    page.locator("#field-age textarea, #field-age input").first.fill(str(age))
     for field, value in (("sex", sex), ("anatom_site_general", site)):
         dropdown = page.locator(f"#field-{field} input")
         dropdown.click()

@@ -10,7 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import sync_playwright
 
 from skin_fusion.inference import SkinFusionPredictor
@@ -18,21 +17,12 @@ from skin_fusion.synthetic import generate_synthetic_lesions
 from tests.app_fixtures import (
     CHROMIUM,
     CHROMIUM_ARGS,
-    chromium_available,
     classify_in_browser,
     lesion_image,
+    require_chromium,
     running_app,
     save_tiny_model,
 )
-
-
-def require_chromium() -> None:
-    if chromium_available():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"Chromium is missing at {CHROMIUM}, and the browser test must run in CI: install it with "
-                    "`make browser` (Debian package `chromium`).")
-    pytest.skip(f"Chromium is not installed at {CHROMIUM} (`make browser` installs it); in CI this is a failure.")
 
 
 def test_visitor_uploads_fills_metadata_and_sees_label_heatmap_and_disclaimer(tmp_path):
