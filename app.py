@@ -11,29 +11,25 @@ endpoint `/predict`, callable with gradio_client (README, "The app").
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
-import hashlib
-import io
+import gc
 import os
 import shutil
+import signal
 import sys
 import tempfile
-import time
-import uuid
 import weakref
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
-from PIL import Image
+from starlette.middleware import Middleware
 
 from skin_fusion import MetadataError
 from skin_fusion.data.synthetic import ensure_default_dataset
-from skin_fusion.modeling.metadata_encoding import NUMERIC_VALID_RANGES
 from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, ImageInputError
 from skin_fusion.serving.predictor import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
+from skin_fusion.serving.web_io import RequestBodyLimit, image_file, settle_server_memory, upload_source
 from skin_fusion.threads import configure_torch_threads
 
 DEFAULT_MODEL = "models/skin-fusion-ham10000"
@@ -42,6 +38,9 @@ HAM10000_EXAMPLES = Path(__file__).resolve().parent / "examples" / "ham10000"
 # One prediction at a time (each uses all of torch's CPU threads); up to 32 more requests wait in the queue.
 CONCURRENCY_LIMIT = 1
 MAX_QUEUE = 32
+# Gradio keeps each session's last inputs (a data URL: up to 27 MB) until this many newer sessions push them out. The
+# app keeps nothing between requests, so it keeps one session per running prediction.
+MAX_SESSIONS = CONCURRENCY_LIMIT
 FIELD_LABELS = {"age": "Age (years)", "sex": "Sex", "anatom_site_general": "Anatomical site"}
 DISCLAIMER = (
     "**Research tool, not a medical device.** SkinFusion must not be used to diagnose, treat or triage anyone. "
@@ -70,46 +69,20 @@ def load_predictor(model: str, runtime: str = "torch") -> SkinFusionPredictor:
     return SkinFusionPredictor.from_pretrained(model, runtime=runtime)
 
 
-def image_source(payload: dict[str, Any] | None) -> str | bytes | None:
-    """The uploaded file's path (or a data URL's bytes) as sent: only `load_rgb_image` decodes uploads."""
-    if payload is None:
-        return None
-    url = payload.get("url") or ""
-    return base64.b64decode(url.partition(",")[2]) if url.startswith("data:") else payload.get("path")
-
-
-def image_file(image: Image.Image | None, folder: Path, keep_seconds: float = 600) -> str | None:
-    """`image` as a WebP file named by its content, written atomically; files older than `keep_seconds` are swept.
-
-    Gradio 6.31 saves a returned PIL image by rewriting a content-named cache file in place, so concurrent requests
-    with the same heatmap break each other's downloads ("Too much data for declared Content-Length"); a returned
-    path is copied into Gradio's cache atomically instead, after which our file is no longer needed.
-    """
-    if image is None:
-        return None
-    buffer = io.BytesIO()
-    image.save(buffer, format="WEBP")
-    path, staging = folder / f"{hashlib.sha256(buffer.getvalue()).hexdigest()}.webp", folder / uuid.uuid4().hex
-    staging.write_bytes(buffer.getvalue())
-    os.replace(staging, path)
-    for old in folder.iterdir():
-        with contextlib.suppress(FileNotFoundError):  # another request swept it first
-            if old.stat().st_mtime < time.time() - keep_seconds:
-                old.unlink()
-    return str(path)
-
-
-def make_predict_fn(predictor: SkinFusionPredictor):
-    """The event handler: the raw image payload, the TTA and Grad-CAM flags and one keyword per metadata field to four
-    outputs."""
+def make_predict_fn(predictor: SkinFusionPredictor, upload_dir: str):
+    """The event handler: the raw image payload (read only from `upload_dir`, Gradio's cache, or a data URL), the TTA
+    and Grad-CAM flags and one keyword per metadata field to four outputs."""
     heatmaps = Path(tempfile.mkdtemp(prefix="skin-fusion-heatmaps-"))
 
     def predict(
         image: dict[str, Any] | None, tta: bool = False, explain: bool = True, **metadata: Any
     ) -> tuple[dict, Any, str, str]:
         try:
-            result = predictor.predict(image_source(image), metadata, tta=bool(tta), explain=bool(explain))
+            result = predictor.predict(upload_source(image, upload_dir), metadata, tta=bool(tta), explain=bool(explain))
         except (ImageInputError, MetadataError) as err:
+            # A refused request's inputs (a data URL, a decoded image) outlive it in a reference cycle through its
+            # traceback until a full collection, which a large heap makes rare: earlier ones are collected here.
+            gc.collect()
             raise gr.Error(str(err), print_exception=False) from err
         note = f"**{result.note}**" if result.uncertain else result.note
         caption = result.explanation if explain else "Grad-CAM is off: tick “Show where the model looked” to see it."
@@ -122,8 +95,9 @@ def make_predict_fn(predictor: SkinFusionPredictor):
 def metadata_input(name: str, predictor: SkinFusionPredictor) -> gr.components.Component:
     label = FIELD_LABELS.get(name, name.replace("_", " ").capitalize())
     if name in predictor.numeric_columns:
-        low, high = NUMERIC_VALID_RANGES.get(name, (None, None))
-        return gr.Number(label=f"{label}, optional", minimum=low, maximum=high, elem_id=f"field-{name}")
+        # A text box, not gr.Number: Gradio 6 shows an empty Number as 0 and sends 0, which would invent an age.
+        return gr.Textbox("", label=f"{label}, optional", placeholder="a number; leave empty if not recorded",
+                          elem_id=f"field-{name}")
     choices = predictor.metadata_choices()[name]
     return gr.Dropdown(choices, value=UNKNOWN_CHOICE, label=label, elem_id=f"field-{name}")
 
@@ -145,9 +119,9 @@ def example_rows(predictor: SkinFusionPredictor, data_dir: Path, per_class: int 
     frame = frame.groupby(label_column, sort=False).head(per_class)
     choices = predictor.metadata_choices()
 
-    def value(column: str, raw: str | None) -> Any:
+    def value(column: str, raw: str | None) -> str:
         if column in predictor.numeric_columns:
-            return None if raw is None else float(raw)
+            return "" if raw is None else f"{float(raw):g}"
         return raw if raw in choices[column] else UNKNOWN_CHOICE
 
     return [[str(data_dir / row["file_name"]), *(value(c, row.get(c)) for c in predictor.metadata_columns)]
@@ -163,7 +137,8 @@ def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> 
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         with gr.Row():
             with gr.Column():
-                # Gradio's own decoding is skipped (preprocess=False below): load_rgb_image checks every upload.
+                # Gradio's own decoding is skipped (preprocess=False below): upload_source and load_rgb_image check
+                # every upload.
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
                                  label="Lesion photo", height=320, elem_id="lesion-image")
                 fields = [metadata_input(name, predictor) for name in predictor.metadata_columns]
@@ -184,7 +159,7 @@ def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> 
             gr.Markdown(predictor.card.to_markdown(), elem_id="model-card")
         # preprocess=False: the handler gets the raw values, so every bad input is refused with its own message.
         # Keyword inputs name the API's parameters: /predict(image, age, sex, anatom_site_general, tta, explain).
-        button.click(make_predict_fn(predictor), [image], [probabilities, heatmap, caption, note],
+        button.click(make_predict_fn(predictor, image.GRADIO_CACHE), [image], [probabilities, heatmap, caption, note],
                      inputs_kwargs={**dict(zip(predictor.metadata_columns, fields)), "tta": tta, "explain": explain},
                      api_name="predict", preprocess=False)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=MAX_QUEUE)
@@ -192,11 +167,12 @@ def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> 
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> Any:
-    """Serve with bounded uploads and no server-side rendering (it needs Node).
+    """Serve with bounded uploads, request bodies and sessions, and no server-side rendering (it needs Node).
 
     Gradio 6 takes the theme in `launch()`; its Default theme uses fonts bundled with gradio, never Google Fonts.
     """
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD_BYTES, ssr_mode=False,
+                       app_kwargs={"middleware": [Middleware(RequestBodyLimit)]}, state_session_capacity=MAX_SESSIONS,
                        theme=gr.themes.Default(), footer_links=["api"], **kwargs)
 
 
@@ -208,7 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFoundError as err:
         print(err, file=sys.stderr)
         return 1
-    launch(build_demo(predictor), args.host, args.port)
+    demo = build_demo(predictor)
+    # Spaces and containers stop an app with SIGTERM: handled like Ctrl-C, Gradio closes the server and deletes the
+    # uploads it cached, and the heatmap folder goes at exit.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    settle_server_memory()
+    launch(demo, args.host, args.port)
     return 0
 
 

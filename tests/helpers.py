@@ -3,10 +3,14 @@ lesion-like images."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -75,3 +79,37 @@ def symmetric_lesion(size: int = 64) -> Image.Image:
     pixels = np.stack([225 - radius, 180 - 2 * radius, 160 - radius], axis=-1)
     pixels[radius < size / 4] = [110, 60, 45]
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+# Ways a model folder gets damaged: an interrupted copy, an empty file, a cut header, another model's config.
+MODEL_DAMAGES = ["truncated weights", "empty weights", "weights header cut", "another model_type"]
+
+
+def damaged_model(model_dir: Path, damage: str) -> Path:
+    """A copy of a saved model beside it, broken as `damage` (one of `MODEL_DAMAGES`) says."""
+    broken = model_dir.parent / f"{model_dir.name}-{damage.replace(' ', '-')}"
+    shutil.copytree(model_dir, broken)
+    weights, config = broken / "model.safetensors", broken / "config.json"
+    if damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "empty weights":
+        weights.write_bytes(b"")
+    elif damage == "weights header cut":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "another model_type":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "model_type": "other_fusion"}))
+    else:
+        raise ValueError(f"Unknown damage {damage!r}; use one of {MODEL_DAMAGES}.")
+    return broken
+
+
+def require_chromium() -> None:
+    """Skip the calling test (with the reason) where Chromium is not installed, except in CI (`CI` set): a failure."""
+    from tools.screenshot import CHROMIUM, chromium_available
+
+    if chromium_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"Chromium is missing at {CHROMIUM}, and the browser test must run in CI: install it with "
+                    "`make browser` (Debian package `chromium`).")
+    pytest.skip(f"Chromium is not installed at {CHROMIUM} (`make browser` installs it); in CI this is a failure.")

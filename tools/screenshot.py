@@ -48,7 +48,7 @@ def classify_in_browser(page, url: str, image_path: Path, age: float, sex: str, 
     page.goto(url)
     page.locator("#lesion-image input[type=file]").set_input_files(str(image_path))
     page.locator("#lesion-image img").first.wait_for(timeout=20_000)
-    page.locator("#field-age input").fill(str(age))
+    page.locator("#field-age textarea, #field-age input").first.fill(str(age))
     for field, value in (("sex", sex), ("anatom_site_general", site)):
         dropdown = page.locator(f"#field-{field} input")
         dropdown.click()

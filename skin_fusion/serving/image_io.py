@@ -3,7 +3,8 @@ what is wrong and how to fix it.
 
 Every refusal is an `ImageInputError` (a `ValueError`), so an app can show its message as is (e.g. via `gr.Error`).
 Size limits are checked from the file's header before any pixel is decoded, so a small file that claims to be huge
-(a "decompression bomb") costs microseconds, not gigabytes.
+(a "decompression bomb") costs microseconds, not gigabytes. Colour conversion runs on bands of rows, so decoding any
+accepted file costs at most about `MAX_DECODE_BYTES_PER_PIXEL` bytes per pixel, whatever its bit depth or mode.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # 50 megapixels: admits the full-resolution modes of 48/50 MP phone cameras (8064x6048, 8160x6120) and the largest
-# ISIC archive images (about 24 MP), while bounding the decoded RGB buffer at about 150 MB. The model itself never
-# looks at more than 380x380 pixels, so nothing useful is lost by asking for a downscaled copy beyond that.
+# ISIC archive images (about 24 MP), while bounding the decoded RGB buffer at 200 MB (Pillow keeps 4 bytes per RGB
+# pixel). The model itself never looks at more than 380x380 pixels, so nothing useful is lost by asking for a
+# downscaled copy beyond that.
 MAX_PIXELS = 50_000_000
+# Peak memory of a decode: the decoded file (at most 4 bytes per pixel in Pillow) plus the RGB result (4 bytes), so
+# 400 MB at MAX_PIXELS. 16-bit, 32-bit and float images are scaled to 8 bits band by band, never as a float copy.
+MAX_DECODE_BYTES_PER_PIXEL = 8
+# Conversions work on bands of rows holding about this many pixels (a few MB of temporary arrays).
+BAND_PIXELS = 1 << 20
 # Below 32 pixels a side there is no lesion structure left to classify; such files are thumbnails or icons.
 MIN_SIDE = 32
 # 20 MB: a 50 MP JPEG at high quality is 10-20 MB. Larger files are usually uncompressed PNG/TIFF exports.
@@ -29,6 +36,8 @@ MAX_UPLOAD_BYTES = 20_000_000
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF")
 # HEIF brands (bytes 8-12 of the file) of iPhone "High Efficiency" photos, which Pillow cannot decode.
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+# Modes with more than 8 bits per sample: scaled to 0..255 (Pillow's own convert("L") clips them at 255).
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 ImageSource = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
@@ -124,7 +133,8 @@ def _decode(file: BinaryIO, *, max_pixels: int, min_side: int) -> Image.Image:
     with image:
         _check_size(image.size, max_pixels=max_pixels, min_side=min_side)
         _load_pixels(image)  # Image.open stands on frame 0: the first frame of an animation or multi-page TIFF
-        return _to_rgb(ImageOps.exif_transpose(image))
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no second copy of a large image
+        return _to_rgb(image)
 
 
 def _load_pixels(image: Image.Image) -> None:
@@ -154,40 +164,61 @@ def _unidentified_message(file: BinaryIO) -> str:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert a decoded image the caller no longer needs (it may be returned as is) to 8-bit RGB."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        # Pillow's own convert("L") clips these at 255 instead of scaling them.
-        image = Image.fromarray(_scale_to_uint8(np.asarray(image), mode=image.mode))
-    if image.has_transparency_data:
-        # Pixels under full transparency hold arbitrary colour (often black, which reads as dark pigment or
-        # dermatoscope vignetting). Compositing on white shows what a viewer sees on a page, a neutral background.
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+    """Convert a decoded image the caller no longer needs (it may be returned as is) to 8-bit RGB, band by band."""
     if image.mode == "RGB":
         return image
+    value_range = _nominal_range(image) if image.mode in HIGH_BIT_MODES else None
+    rgb = Image.new("RGB", image.size)
+    rows = max(1, BAND_PIXELS // image.width)
+    for top in range(0, image.height, rows):
+        box = (0, top, image.width, min(image.height, top + rows))
+        rgb.paste(_band_to_rgb(image.crop(box), value_range), box[:2])
+    return rgb
+
+
+def _band_to_rgb(band: Image.Image, value_range: tuple[float, float] | None) -> Image.Image:
+    if value_range is not None:
+        band = Image.fromarray(_scale_to_uint8(np.asarray(band), value_range))
+    if band.has_transparency_data:
+        # Pixels under full transparency hold arbitrary colour (often black, which reads as dark pigment or
+        # dermatoscope vignetting). Compositing on white shows what a viewer sees on a page, a neutral background.
+        rgba = band.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     try:
-        return image.convert("RGB")
+        return band.convert("RGB")
     except ValueError as err:
         raise ImageInputError(
-            f"Images in colour mode '{image.mode}' are not supported. Save the image as an RGB JPEG or PNG."
+            f"Images in colour mode '{band.mode}' are not supported. Save the image as an RGB JPEG or PNG."
         ) from err
 
 
-def _scale_to_uint8(values: np.ndarray, *, mode: str) -> np.ndarray:
-    """Map high-bit-depth or float pixel values onto 0..255, keeping the full tonal range."""
-    values = values.astype(np.float32)
-    if not np.isfinite(values).all():
-        raise ImageInputError("The image contains NaN or infinite pixel values. Re-export it as an 8-bit image.")
-    low, high = float(values.min()), float(values.max())
-    if mode == "F" and low >= 0.0 and high <= 1.0:
-        nominal_low, nominal_high = 0.0, 1.0
-    elif mode != "F" and low >= 0.0 and high <= 65535.0:
-        nominal_low, nominal_high = 0.0, 65535.0
-    else:
-        # No nominal range to honour (signed 32-bit or unbounded float data): stretch what is there.
-        nominal_low, nominal_high = low, max(high, low + 1e-12)
-    scaled = (values - nominal_low) * (255.0 / (nominal_high - nominal_low))
+def _nominal_range(image: Image.Image) -> tuple[float, float]:
+    """The values that map to 0 and 255 in a high-bit-depth or float image, read band by band."""
+    low, high = np.inf, -np.inf
+    rows = max(1, BAND_PIXELS // image.width)
+    for top in range(0, image.height, rows):
+        band = np.asarray(image.crop((0, top, image.width, min(image.height, top + rows))))
+        if not np.isfinite(band).all():
+            raise ImageInputError("The image contains NaN or infinite pixel values. Re-export it as an 8-bit image.")
+        low, high = min(low, float(band.min())), max(high, float(band.max()))
+    return _value_range(low, high, floating=image.mode == "F")
+
+
+def _value_range(low: float, high: float, *, floating: bool) -> tuple[float, float]:
+    """[0, 1] for float data inside it, [0, 65535] for integer data inside it, else the data's own range."""
+    if floating and low >= 0.0 and high <= 1.0:
+        return 0.0, 1.0
+    if not floating and low >= 0.0 and high <= 65535.0:
+        return 0.0, 65535.0
+    # No nominal range to honour (signed 32-bit or unbounded float data): stretch what is there.
+    return low, high if high > low else low + 1.0
+
+
+def _scale_to_uint8(values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """Map pixel values onto 0..255 linearly, `value_range` to (0, 255), keeping the full tonal range."""
+    low, high = value_range
+    scaled = (values.astype(np.float32) - low) * (255.0 / (high - low))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
@@ -213,9 +244,9 @@ def _array_to_rgb(array: np.ndarray, *, max_pixels: int, min_side: int) -> Image
                 f"Float image arrays must hold values in [0, 1]; this one spans [{np.nanmin(array):g}, "
                 f"{np.nanmax(array):g}]. Divide 0-255 data by 255 or pass it as uint8."
             )
-        array = _scale_to_uint8(array, mode="F")
+        array = _scale_to_uint8(array, (0.0, 1.0))
     elif array.dtype == np.uint16:
-        array = _scale_to_uint8(array, mode="I;16")
+        array = _scale_to_uint8(array, (0.0, 65535.0))
     elif np.issubdtype(array.dtype, np.integer):
         if array.min() < 0 or array.max() > 255:
             raise ImageInputError(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,19 @@ import numpy as np
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 from ..evaluation.metrics import CARD_METRICS
-from ..modeling import MetadataEncoder, MetadataError, SkinFusionForImageClassification, SkinFusionProcessor
-from ..modeling.metadata_encoding import is_missing
+from ..modeling import (
+    MetadataEncoder,
+    MetadataError,
+    SkinFusionConfig,
+    SkinFusionForImageClassification,
+    SkinFusionProcessor,
+)
+from ..modeling.metadata_encoding import is_missing, quote
 from ..modeling.modeling_skin_fusion import predicted_classes
 from ..training.arguments import DEFAULT_OUTPUT_DIR
 from .explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heatmap
@@ -45,6 +53,9 @@ MIN_MARGIN = 0.15
 UNKNOWN_CHOICE = "unknown"
 # Heatmap overlays of larger images are drawn on a copy downscaled to this longer side (the model saw <= 380 px).
 MAX_EXPLAIN_SIDE = 1024
+# The model sees only the centre square of an image. A longer image is first cut to its centre part of this aspect
+# ratio, so that a 50000x32 strip is neither resized to a gigapixel strip nor drawn as a 1024x1 heatmap.
+MAX_ASPECT_RATIO = 4
 # Test-time augmentation averages over the 8 symmetries of the square (a lesion has no canonical orientation).
 TTA_DESCRIPTION = "rotations by 0, 90, 180 and 270 degrees, each with and without a horizontal flip"
 MAKE_MODEL_HINT = f"Make a local model with `python train.py` (it writes {DEFAULT_OUTPUT_DIR})"
@@ -69,8 +80,9 @@ class Prediction:
         note: a plain-language sentence on how to read this result.
         not_recorded: metadata fields that were missing and were imputed from the training data.
         tta_views: how many views were averaged (1 without test-time augmentation).
-        heatmap: Grad-CAM evidence in [0, 1] at the image's size (0 outside the centre square the model saw), or None.
-        overlay: the heatmap blended over the image, or None.
+        heatmap: Grad-CAM evidence in [0, 1] at the overlay's size (0 outside the centre square the model saw), or None.
+        overlay: the heatmap blended over the image, or None: the whole image, cut to its centre part if it is more than
+            `MAX_ASPECT_RATIO` times longer than wide, downscaled to `MAX_EXPLAIN_SIDE` if larger.
         explanation: a one-line caption for the heatmap, or why there is none.
     """
 
@@ -170,6 +182,15 @@ def centre_crop_box(size: tuple[int, int], resize_size: int, image_size: int) ->
     return (max(0, round(left)), max(0, round(top)), min(width, round(left + side_x)), min(height, round(top + side_y)))
 
 
+def centre_window(size: tuple[int, int], max_aspect: float = MAX_ASPECT_RATIO) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) centre part of an image of `size` whose longer side is at most `max_aspect`
+    times its shorter side (the whole image when it already is); it holds the centre square the model sees."""
+    width, height = size
+    keep_width, keep_height = min(width, round(max_aspect * height)), min(height, round(max_aspect * width))
+    left, top = (width - keep_width) // 2, (height - keep_height) // 2
+    return left, top, left + keep_width, top + keep_height
+
+
 class SkinFusionPredictor:
     """A loaded SkinFusion model with its processor; `predict` classifies one lesion.
 
@@ -242,10 +263,16 @@ class SkinFusionPredictor:
         if runtime not in RUNTIMES:
             raise ValueError(f"Unknown runtime {runtime!r}; choose one of {RUNTIMES}.")
         try:
-            model = AutoModelForImageClassification.from_pretrained(path_or_id)
-            processor = AutoProcessor.from_pretrained(path_or_id)
-        except (OSError, ValueError) as err:  # no such path or Hub repo / a directory without a SkinFusion config
-            reason = str(err).splitlines()[0]
+            # The model type is read first: another type's `auto_map` would make transformers ask, on stdin, whether
+            # to run that folder's code. This package's own classes are registered, so no remote code is ever needed.
+            model_type = SkinFusionConfig.get_config_dict(path_or_id)[0].get("model_type")
+            if model_type != SkinFusionConfig.model_type:
+                raise ValueError(f"its config.json names model_type {quote(model_type)}, not "
+                                 f"'{SkinFusionConfig.model_type}'")
+            model = AutoModelForImageClassification.from_pretrained(path_or_id, trust_remote_code=False)
+            processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=False)
+        except (OSError, ValueError, SafetensorError) as err:  # no such path or Hub repo / not a SkinFusion folder /
+            reason = str(err).splitlines()[0]  # damaged weights (a truncated or empty model.safetensors)
             where = (f"'{path_or_id}' is not a SkinFusion model directory ({reason})" if Path(path_or_id).exists()
                      else f"No model directory at '{path_or_id}', and no Hub model of that name could be loaded "
                           f"({reason})")
@@ -274,10 +301,14 @@ class SkinFusionPredictor:
 
     def encode_metadata(self, metadata: dict[str, Any] | None) -> tuple[torch.Tensor, list[str]]:
         """A (1, metadata_dim) tensor and the fields that were not recorded; raises `MetadataError` on bad values."""
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise MetadataError(f"Metadata must be a dict of field name to value, such as {{'age': 63, 'sex': "
+                                f"'male'}}, not a {type(metadata).__name__}; this model reads {self.metadata_columns}.")
         metadata = dict(metadata or {})
-        unknown = sorted(set(metadata) - set(self.metadata_columns))
+        unknown = sorted(map(str, set(metadata) - set(self.metadata_columns)))
         if unknown:
-            raise MetadataError(f"Unknown metadata field(s) {unknown}; this model reads {self.metadata_columns}.")
+            raise MetadataError(f"Unknown metadata field(s) {quote(unknown)}; this model reads "
+                                f"{self.metadata_columns}.")
         not_recorded = [name for name in self.metadata_columns if is_missing(metadata.get(name))]
         return torch.from_numpy(self.encoder.transform([metadata])), not_recorded
 
@@ -292,7 +323,8 @@ class SkinFusionPredictor:
 
         Args:
             image: a path, encoded bytes, a PIL image or an array; decoded and checked by `load_rgb_image`
-                (EXIF rotation applied; any colour mode to RGB). Ignored (may be None) for a metadata-only model.
+                (EXIF rotation applied; any colour mode to RGB), then cut to its centre part if it is more than
+                `MAX_ASPECT_RATIO` times longer than wide. Ignored (may be None) for a metadata-only model.
             metadata: raw values by field name (e.g. {"age": 63, "sex": "male"}); missing or "unknown" values are
                 imputed. Ignored for an image-only model.
             tta: average the probabilities over `TTA_DESCRIPTION` (one batched forward of 8 views).
@@ -303,14 +335,17 @@ class SkinFusionPredictor:
             ImageInputError, MetadataError: unusable input; the message says what to fix.
         """
         inputs: dict[str, torch.Tensor] = {}
-        rgb, not_recorded = None, []
+        rgb, cut_from, not_recorded = None, None, []
+        if self.config.uses_metadata:  # first: bad metadata is refused before a large image is decoded
+            inputs["metadata"], not_recorded = self.encode_metadata(metadata)
         if self.config.uses_image:
             rgb = load_rgb_image(image)
+            window = centre_window(rgb.size)
+            if window != (0, 0, *rgb.size):
+                rgb, cut_from = rgb.crop(window), rgb.size
             pixel_values = self.processor.preprocess_images(rgb)
             inputs["pixel_values"] = pixel_values.contiguous(memory_format=torch.channels_last) \
                 if self.channels_last else pixel_values
-        if self.config.uses_metadata:
-            inputs["metadata"], not_recorded = self.encode_metadata(metadata)
 
         cam = None
         if explain and self.target_layer is not None:
@@ -332,7 +367,7 @@ class SkinFusionPredictor:
 
         result = self._summarise(probabilities, not_recorded, views)
         if explain:
-            self._add_explanation(result, rgb, cam)
+            self._add_explanation(result, rgb, cam, cut_from)
         return result
 
     def _probabilities(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -370,13 +405,16 @@ class SkinFusionPredictor:
             probability=probability, uncertain=uncertain, note=note, not_recorded=not_recorded, tta_views=views,
         )
 
-    def _add_explanation(self, result: Prediction, rgb: Image.Image | None, cam: GradCamResult | None) -> None:
+    def _add_explanation(
+        self, result: Prediction, rgb: Image.Image | None, cam: GradCamResult | None, cut_from: tuple[int, int] | None
+    ) -> None:
         if cam is None:
             result.explanation = self.explain_unavailable or "No Grad-CAM for this model."
             return
-        if max(rgb.size) > MAX_EXPLAIN_SIDE:
-            rgb = rgb.copy()
-            rgb.thumbnail((MAX_EXPLAIN_SIDE, MAX_EXPLAIN_SIDE), Image.Resampling.BILINEAR)
+        if max(rgb.size) > MAX_EXPLAIN_SIDE:  # `rgb` is at most MAX_ASPECT_RATIO long: its shorter side stays >= 256
+            scale = MAX_EXPLAIN_SIDE / max(rgb.size)
+            size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+            rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
         box = centre_crop_box(rgb.size, self.processor.resize_size, self.processor.image_size)
         crop_size = (box[2] - box[0], box[3] - box[1])
         crop_heatmap = np.asarray(Image.fromarray(cam.heatmap).resize(crop_size, Image.Resampling.BILINEAR))
@@ -388,3 +426,7 @@ class SkinFusionPredictor:
         if explained != result.label:  # possible with TTA: Grad-CAM explains the un-augmented view
             explained += f" (the un-augmented view's decision; with TTA the decision is {result.label})"
         result.explanation = f"Grad-CAM for {explained}: warm colours mark the regions that raised its score most."
+        if cut_from is not None:
+            result.explanation += (f" This {cut_from[0]}x{cut_from[1]} image is more than {MAX_ASPECT_RATIO} times "
+                                   "longer than wide: the heatmap shows its centre part, which holds all the model "
+                                   "saw.")

@@ -20,9 +20,9 @@ from PIL import Image, ImageOps
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 import app
-from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES
 from skin_fusion.data.synthetic import generate_synthetic_lesions
-from tests.helpers import lesion_image
+from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES
+from tests.helpers import damaged_model, lesion_image
 from tools.screenshot import running_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -226,7 +226,7 @@ def test_page_shows_disclaimer_model_card_and_examples_with_metadata(served, pre
     assert len(rows) == 3
     for image, age, sex, site in rows:
         assert Path(image).is_file() and Path(image).is_relative_to(examples_dir)
-        assert 0 < age <= 120 and sex in ("female", "male") and site == "unknown"  # the tiny model knows back/face
+        assert 0 < float(age) <= 120 and sex in ("female", "male") and site == "unknown"  # the model knows back/face
 
 
 def test_main_without_a_model_prints_the_train_command(tmp_path, monkeypatch, capsys):
@@ -245,3 +245,15 @@ def test_app_script_without_a_model_exits_non_zero_without_a_traceback(tmp_path)
 
     assert done.returncode == 1
     assert "python train.py" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "empty weights", "another model_type"])
+def test_app_script_with_a_damaged_model_prints_one_line_without_a_traceback_or_a_prompt(model_dir, tmp_path, damage):
+    broken = damaged_model(model_dir, damage)
+
+    done = subprocess.run([sys.executable, str(REPO / "app.py"), "--model", str(broken)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "trust_remote_code" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"'{broken}' is not a SkinFusion model directory (")

@@ -10,22 +10,12 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import sync_playwright
 
-from skin_fusion.serving.predictor import SkinFusionPredictor
 from skin_fusion.data.synthetic import generate_synthetic_lesions
-from tests.helpers import lesion_image, save_tiny_model
-from tools.screenshot import CHROMIUM, CHROMIUM_ARGS, chromium_available, classify_in_browser, running_app
-
-
-def require_chromium() -> None:
-    if chromium_available():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"Chromium is missing at {CHROMIUM}, and the browser test must run in CI: install it with "
-                    "`make browser` (Debian package `chromium`).")
-    pytest.skip(f"Chromium is not installed at {CHROMIUM} (`make browser` installs it); in CI this is a failure.")
+from skin_fusion.serving.predictor import SkinFusionPredictor
+from tests.helpers import lesion_image, require_chromium, save_tiny_model
+from tools.screenshot import CHROMIUM, CHROMIUM_ARGS, classify_in_browser, running_app
 
 
 def test_visitor_uploads_fills_metadata_and_sees_label_heatmap_and_disclaimer(tmp_path):

@@ -2,6 +2,8 @@
 
 import io
 import struct
+import subprocess
+import sys
 import time
 import warnings
 import zlib
@@ -10,7 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, MIN_SIDE, ImageInputError, load_rgb_image
+from skin_fusion.serving import image_io
+from skin_fusion.serving.image_io import (
+    MAX_DECODE_BYTES_PER_PIXEL,
+    MAX_UPLOAD_BYTES,
+    MIN_SIDE,
+    ImageInputError,
+    load_rgb_image,
+)
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
@@ -283,3 +292,48 @@ def test_animated_gif_gives_its_first_frame():
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     assert load_rgb_image(buffer.getvalue()).getpixel((5, 5)) == (255, 0, 0)
+
+
+def test_constant_32_bit_image_outside_the_16_bit_range_is_black_not_an_error():
+    result = load_rgb_image(encode(Image.fromarray(np.full((40, 40), 70_000, dtype=np.int32)), "TIFF"))
+    assert result.mode == "RGB" and pixels(result).max() == 0
+
+
+# Memory: a small file of many high-bit-depth pixels must not cost a float copy of every pixel
+
+# Loads image_io.py alone (numpy and Pillow): the package's __init__ would import transformers for 10 s. Peak memory
+# is the process's high-water mark (VmHWM; ru_maxrss would include the parent's, inherited through fork).
+PEAK_MEMORY_SCRIPT = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("image_io", sys.argv[1])
+image_io = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(image_io)
+def high_water_mark():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) * 1024
+before = high_water_mark()
+image = image_io.load_rgb_image(sys.argv[2])
+print(image.size, high_water_mark() - before)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [
+        ("16-bit.png", lambda: Image.fromarray(np.full((7000, 7000), 40_000, dtype=np.uint16))),
+        ("float.tiff", lambda: Image.fromarray(np.full((7000, 7000), 0.5, dtype=np.float32))),
+        ("rgba.png", lambda: Image.fromarray(np.full((7000, 7000, 4), 128, dtype=np.uint8))),
+    ],
+    ids=["16-bit PNG", "32-bit float TIFF", "RGBA PNG"],
+)
+def test_peak_memory_of_a_7000_square_image_stays_within_the_bytes_per_pixel_bound(tmp_path, name, image):
+    path = tmp_path / name
+    image().save(path, **({"compression": "tiff_deflate"} if name.endswith(".tiff") else {"compress_level": 1}))
+    assert path.stat().st_size < MAX_UPLOAD_BYTES
+
+    done = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, image_io.__file__, str(path)],
+                          capture_output=True, text=True, check=True, timeout=300)
+    size, peak = done.stdout.split(")")
+
+    assert size == "(7000, 7000"
+    # The decoded file plus its RGB result, and a few MB of bands (the old float copies cost 935-1130 MB here).
+    assert int(peak) < MAX_DECODE_BYTES_PER_PIXEL * 7000 * 7000 + 32_000_000

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from PIL import Image
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 from skin_fusion import MetadataError
 from skin_fusion.reports.model_card import ModelCardFacts, save_card_facts
-from skin_fusion.serving.predictor import ModelNotFoundError, SkinFusionPredictor, centre_crop_box, dihedral_views
-from tests.helpers import lesion_image, save_tiny_model, symmetric_lesion
+from skin_fusion.serving.predictor import (
+    ModelNotFoundError,
+    SkinFusionPredictor,
+    centre_crop_box,
+    centre_window,
+    dihedral_views,
+)
+from tests.helpers import MODEL_DAMAGES, damaged_model, lesion_image, save_tiny_model, symmetric_lesion
 
 METADATA = {"age": 55, "sex": "female", "anatom_site_general": "face"}
 
@@ -223,3 +229,60 @@ def test_onnx_runtime_predicts_what_torch_predicts(predictor, model_dir):
 def test_unknown_runtime_names_the_choices(model_dir):
     with pytest.raises(ValueError, match=r"Unknown runtime 'tensorrt'; choose one of \('torch', 'onnx'\)"):
         SkinFusionPredictor.from_pretrained(model_dir, runtime="tensorrt")
+
+
+@pytest.mark.parametrize(("width", "height"), [(50_000, 32), (32, 50_000), (32_000, 32)])
+def test_long_thin_image_is_explained_on_its_centre_part(predictor, width, height):
+    image = Image.new("RGB", (width, height), (225, 180, 160))
+    image.paste((110, 60, 45), (width // 2 - 10, height // 2 - 10, width // 2 + 10, height // 2 + 10))
+
+    result = predictor.predict(image, METADATA, explain=True)
+
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert result.overlay.size == ((4 * 32, 32) if width > height else (32, 4 * 32))
+    assert result.heatmap.shape == result.overlay.size[::-1] and result.heatmap.max() > 0
+    assert f"This {width}x{height} image is more than 4 times longer than wide" in result.explanation
+
+
+def test_centre_window_keeps_ordinary_images_whole_and_cuts_long_ones_around_the_centre():
+    assert centre_window((4000, 3000)) == (0, 0, 4000, 3000)
+    assert centre_window((400, 100)) == (0, 0, 400, 100)
+    assert centre_window((1000, 100)) == (300, 0, 700, 100)
+    assert centre_window((32, 50_000)) == (0, 24_936, 32, 25_064)
+
+
+@pytest.mark.parametrize(
+    "metadata", [["age", 63], "age=63", 63], ids=["list", "string", "number"]
+)
+def test_metadata_that_is_not_a_dict_is_refused_with_the_expected_shape(predictor, metadata):
+    with pytest.raises(MetadataError, match=r"Metadata must be a dict of field name to value, such as \{'age': 63"):
+        predictor.predict(lesion_image(), metadata)
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True)], ids=["True", "False", "numpy True"])
+def test_a_boolean_age_is_refused_not_taken_as_one_or_zero(predictor, value):
+    with pytest.raises(MetadataError, match=rf"'age' must be a number, got {value!r}"):
+        predictor.predict(lesion_image(), {**METADATA, "age": value})
+
+
+@pytest.mark.parametrize("field", ["age", "sex"])
+def test_a_long_bad_value_is_quoted_in_at_most_80_characters(predictor, field):
+    with pytest.raises(MetadataError) as error:
+        predictor.predict(lesion_image(), {**METADATA, field: "x" * 5_000_000})
+    assert len(str(error.value)) < 400
+    assert "... (5000002 characters)" in str(error.value)
+
+
+@pytest.mark.parametrize("damage", MODEL_DAMAGES)
+def test_damaged_model_folder_gives_the_one_line_model_not_found_message(model_dir, damage):
+    broken = damaged_model(model_dir, damage)
+
+    with pytest.raises(ModelNotFoundError) as error:
+        SkinFusionPredictor.from_pretrained(broken)
+
+    message = str(error.value)
+    assert message.startswith(f"'{broken}' is not a SkinFusion model directory (") and "\n" not in message
+    assert message.endswith("Make a local model with `python train.py` (it writes outputs/skin-fusion), or pass a "
+                            "Hub id with HF_HUB_OFFLINE=0.")
+    if damage == "another model_type":
+        assert "its config.json names model_type 'other_fusion', not 'skin_fusion'" in message
