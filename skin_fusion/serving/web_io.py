@@ -1,5 +1,6 @@
 """What crosses the web app's boundary. In: a file the web framework itself received (in its upload folder), or an
-image's bytes in a data URL within the upload limit, in request bodies of bounded size. Out: heatmaps as files.
+image's bytes in a data URL within the upload limit, in request bodies of bounded size. Out: heatmaps as files. And
+the server process's memory settings, so that what large requests used goes back to the system.
 
 A path anywhere else (absolute, relative, with `..`, a symlink out of the folder, a directory) is refused with one
 fixed message that says nothing about the server's files: whether a path exists, is empty or how large it is would

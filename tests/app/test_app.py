@@ -229,14 +229,14 @@ def test_page_shows_disclaimer_model_card_and_examples_with_metadata(served, pre
         assert 0 < float(age) <= 120 and sex in ("female", "male") and site == "unknown"  # the model knows back/face
 
 
-def test_main_without_a_model_prints_the_train_command(tmp_path, monkeypatch, capsys):
+def test_main_without_the_shipped_model_prints_how_to_restore_or_train_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SKIN_FUSION_MODEL", raising=False)
 
     assert app.main([]) == 1
-    # The default is the shipped model (app.DEFAULT_MODEL); absent, the app says how to get it back.
-    assert ("No model at models/skin-fusion-ham10000. Restore it from git, or make it with:\n\n"
-            "    python train.py --preset ham10000") in capsys.readouterr().err
+    message = capsys.readouterr().err
+    assert f"No model at {app.DEFAULT_MODEL}. Restore it from git" in message
+    assert "python train.py --preset ham10000 --dataset PATH/TO/ham10000" in message
 
 
 def test_app_script_without_a_model_exits_non_zero_without_a_traceback(tmp_path):
