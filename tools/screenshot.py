@@ -1,6 +1,9 @@
 """Photograph the app for the README: serve it with a model, fill its form in headless Chromium, save the page.
 
-    python -m tools.screenshot [--model outputs/skin-fusion] [--out docs/app-screenshot.png]
+    python -m tools.screenshot [--model models/skin-fusion-ham10000] [--out docs/app-screenshot.png] [--empty_form]
+
+It classifies the first of the app's examples for the model (the held-out HAM10000 images for the shipped model),
+with that example's recorded metadata, or with the form left as it loads (`--empty_form`).
 
 The app-serving and browser steps (`running_app`, `classify_in_browser`) are also what the app's browser test drives.
 """
@@ -43,15 +46,17 @@ def chromium_available() -> bool:
     return os.access(CHROMIUM, os.X_OK)
 
 
-def classify_in_browser(page, url: str, image_path: Path, age: float, sex: str, site: str, screenshot: Path) -> dict:
-    """Upload, fill age / sex / site, click Classify, wait for the result; returns what the page shows."""
+def classify_in_browser(page, url: str, image_path: Path, metadata: dict[str, str], screenshot: Path) -> dict:
+    """Upload, fill the metadata fields given (field name -> value; others stay as the form loads), click Classify,
+    wait for the result; returns what the page shows."""
     page.goto(url)
     page.locator("#lesion-image input[type=file]").set_input_files(str(image_path))
     page.locator("#lesion-image img").first.wait_for(timeout=20_000)
-    page.locator("#field-age textarea, #field-age input").first.fill(str(age))
-    for field, value in (("sex", sex), ("anatom_site_general", site)):
-        dropdown = page.locator(f"#field-{field} input")
-        dropdown.click()
+    for field, value in metadata.items():
+        if field == "age":
+            page.locator("#field-age textarea, #field-age input").first.fill(str(value))
+            continue
+        page.locator(f"#field-{field} input").click()
         page.get_by_role("option", name=value, exact=True).click()
     page.locator("#classify").click()
     heatmap = page.locator("#heatmap img")
@@ -72,26 +77,26 @@ def main() -> None:
     """Photograph the app with a trained model for the README."""
     from playwright.sync_api import sync_playwright
 
-    from skin_fusion.data.synthetic import ensure_default_dataset
+    import app
     from skin_fusion.serving.predictor import SkinFusionPredictor
-    from skin_fusion.training.arguments import DEFAULT_OUTPUT_DIR
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model", default=DEFAULT_OUTPUT_DIR, help="model directory or Hub id (default: %(default)s)")
+    parser.add_argument("--model", default=app.DEFAULT_MODEL, help="model directory or Hub id (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("docs/app-screenshot.png"))
+    parser.add_argument("--empty_form", action="store_true", help="leave every metadata field as the form loads")
     args = parser.parse_args()
     predictor = SkinFusionPredictor.from_pretrained(args.model)
-    data_dir = ensure_default_dataset()
-    image = data_dir / "images" / "synth_0_00000.png"
-    choices = predictor.metadata_choices()
-    sex = "male" if "male" in choices.get("sex", []) else "unknown"
-    site = "head/neck" if "head/neck" in choices.get("anatom_site_general", []) else "unknown"
+    examples_dir, _ = app.example_folder(predictor)
+    image, *values = app.example_rows(predictor, examples_dir)[0]
+    metadata = {} if args.empty_form else {
+        field: str(int(value)) if field in predictor.numeric_columns else value
+        for field, value in zip(predictor.metadata_columns, values) if value not in (None, app.UNKNOWN_CHOICE)}
     with running_app(predictor) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        shown = classify_in_browser(page, url, image, 63, sex, site, args.out)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        shown = classify_in_browser(page, url, Path(image), metadata, args.out)
         browser.close()
-    print(f"{args.out}: top label {shown['top_label']!r}")
+    print(f"{args.out}: top label {shown['top_label']!r}; note: {shown['note']}")
 
 
 if __name__ == "__main__":

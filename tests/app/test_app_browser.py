@@ -32,7 +32,8 @@ def test_visitor_uploads_fills_metadata_and_sees_label_heatmap_and_disclaimer(tm
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         outside = []
         page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(url) else None)
-        shown = classify_in_browser(page, url, image, 63, "male", "face", screenshot)
+        shown = classify_in_browser(page, url, image, {"age": "63", "sex": "male", "anatom_site_general": "face"},
+                                    screenshot)
         browser.close()
 
     assert shown["top_label"] == expected.label
