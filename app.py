@@ -26,6 +26,7 @@ import pandas as pd
 from starlette.middleware import Middleware
 
 from skin_fusion import MetadataError
+from skin_fusion.data.known_datasets import LABEL_CANDIDATES
 from skin_fusion.data.synthetic import ensure_default_dataset
 from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, ImageInputError
 from skin_fusion.serving.predictor import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
@@ -115,7 +116,7 @@ def example_folder(predictor: SkinFusionPredictor) -> tuple[Path, str]:
 def example_rows(predictor: SkinFusionPredictor, data_dir: Path, per_class: int = 1) -> list[list[Any]]:
     """Complete rows of an example folder, per class: image and metadata (unknown to the model -> empty/"unknown")."""
     frame = pd.read_csv(data_dir / "metadata.csv", dtype=str).dropna()
-    label_column = "dx" if "dx" in frame.columns else "label"
+    label_column = next(column for column in LABEL_CANDIDATES if column in frame.columns)
     frame = frame.groupby(label_column, sort=False).head(per_class)
     choices = predictor.metadata_choices()
 

@@ -6,10 +6,14 @@ so that `save_pretrained` / `push_to_hub` copy their code (an `auto_map` in conf
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, AutoProcessor
 
-from .modeling.configuration_skin_fusion import SkinFusionConfig
-from .modeling.metadata_encoding import MetadataEncoder, MetadataError
-from .modeling.modeling_skin_fusion import SkinFusionForImageClassification, SkinFusionModel
-from .modeling.processing_skin_fusion import SkinFusionProcessor
+from .modeling import (
+    MetadataEncoder,
+    MetadataError,
+    SkinFusionConfig,
+    SkinFusionForImageClassification,
+    SkinFusionModel,
+    SkinFusionProcessor,
+)
 
 AutoConfig.register(SkinFusionConfig.model_type, SkinFusionConfig, exist_ok=True)
 AutoModel.register(SkinFusionConfig, SkinFusionModel, exist_ok=True)
