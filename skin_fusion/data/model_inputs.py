@@ -64,16 +64,17 @@ def training_split(
 
 def cached_feature_splits(
     lesions: LesionDataset, processor: SkinFusionProcessor, model: SkinFusionForImageClassification, strategy: str,
-    train_views: list[str], batch_size: int, seed: int,
+    train_views: list[str], batch_size: int, seed: int, stage: int | None = None,
 ) -> tuple[CachedInputs, np.ndarray, CachedInputs, CachedInputs, CachedInputs | None]:
     """Train (balanced, one row per cached view), validation, test and test with nothing recorded, as rows of
     `image_features`, `metadata`, `labels`: the frozen backbone runs once per image and view, the Trainer only trains
-    the metadata MLP and head."""
+    the metadata MLP and head. With `stage`, rows of `feature_maps` entering that backbone stage instead: the stages
+    from it onwards train too."""
     config, backbone = model.config, model.skin_fusion.backbone
 
     def inputs(split: str, view: str) -> dict[str, np.ndarray]:
         with_features = add_image_features(lesions.splits[split], backbone, processor, view=view,
-                                           batch_size=batch_size, desc=f"{split} features ({view})")
+                                           batch_size=batch_size, desc=f"{split} features ({view})", stage=stage)
         return cached_inputs(with_features, processor, config.uses_image, config.uses_metadata)
 
     with PartialState().main_process_first():  # the main process fills the cache; the others read it

@@ -115,7 +115,8 @@ class SkinFusionTrainingArguments(TrainingArguments):
     )
     freeze_epochs: int = field(default=6, metadata={"help": "Epochs with a frozen backbone before unfreezing it."})
     unfreeze_last_blocks: int = field(
-        default=0, metadata={"help": "After freeze_epochs, train only the last N backbone blocks (0 = all)."}
+        default=0, metadata={"help": "After freeze_epochs, train only the last N backbone blocks (stages; 0 = all). "
+                                     "With --cache_image_features, the maps entering those N stages are cached."}
     )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without a better balanced accuracy."}
@@ -127,7 +128,9 @@ class SkinFusionTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Run the frozen backbone once per image and train only the metadata MLP and head on its "
                           "cached pooled features (seconds per epoch instead of minutes). Needs freeze_epochs >= "
-                          "num_train_epochs; allows --balancing smote for image and fusion models. The saved model "
+                          "num_train_epochs, or --unfreeze_last_blocks N: then the maps entering the last N stages "
+                          "are cached and those stages train on them too (minutes per epoch instead of tens). "
+                          "Pooled features allow --balancing smote for image and fusion models. The saved model "
                           "is complete (backbone included). Metadata-only models have nothing to cache."},
     )
     cache_train_views: list[str] = field(

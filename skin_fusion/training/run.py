@@ -29,6 +29,7 @@ from ..data.synthetic import ensure_default_dataset, is_complete
 from ..evaluation.metrics import SCALAR_KEYS, build_compute_metrics, expected_calibration_error, negative_log_likelihood
 from ..evaluation.plots import plot_confusion_matrix, plot_roc_curves, plot_training_curves
 from ..evaluation.subgroups import MIN_SUBGROUP_SIZE, evaluate_probabilities, subgroup_metrics
+from ..modeling.backbones import check_stage_split
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.metadata_encoding import MetadataEncoder
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
@@ -86,15 +87,27 @@ def check_feature_caching(modality: str, args: SkinFusionTrainingArguments) -> b
     """Whether this run trains on cached backbone features; raises if it asks to while the backbone would learn."""
     if not args.cache_image_features or modality == "metadata":
         return False
-    if args.freeze_epochs < args.num_train_epochs:
+    if args.freeze_epochs < args.num_train_epochs and args.unfreeze_last_blocks == 0:
         raise ValueError(
             f"--cache_image_features True needs a backbone frozen for the whole run, but freeze_epochs="
             f"{args.freeze_epochs} < num_train_epochs={args.num_train_epochs:g}: cached features would go stale once "
-            f"the backbone learns. Pass --freeze_epochs {int(np.ceil(args.num_train_epochs))} (or more), or drop "
+            f"the backbone learns. Pass --freeze_epochs {int(np.ceil(args.num_train_epochs))} (or more); or "
+            "--unfreeze_last_blocks N to cache the maps of the earlier stages and train the last N on them; or drop "
             "--cache_image_features to fine-tune the backbone on pixels."
         )
     check_views(args.cache_train_views)
     return True
+
+
+def feature_map_stage(model: SkinFusionForImageClassification, args: SkinFusionTrainingArguments) -> int | None:
+    """The backbone stage whose input maps a cached run stores (its last `unfreeze_last_blocks` stages train on
+    them), or `None` when the cache holds pooled features. Raises if the backbone cannot be cut there."""
+    if args.unfreeze_last_blocks == 0 or args.freeze_epochs >= args.num_train_epochs:
+        return None
+    backbone = model.skin_fusion.backbone
+    stage = len(getattr(backbone, "blocks", ())) - args.unfreeze_last_blocks
+    check_stage_split(backbone, stage)
+    return stage
 
 
 def load_training_data(data_args: DataArguments, seed: int) -> tuple[LesionDataset, bool]:
@@ -213,9 +226,10 @@ def run_training(
 
     started = time.perf_counter()
     if cached:
+        model.skin_fusion.feature_map_stage = feature_map_stage(model, args)
         train, train_labels, validation, test, test_without_metadata = cached_feature_splits(
             lesions, processor, model, data_args.balancing, args.cache_train_views, args.per_device_eval_batch_size,
-            args.seed)
+            args.seed, model.skin_fusion.feature_map_stage)
     else:
         train, train_labels = training_split(lesions, processor, config, data_args.balancing, args.seed)
         validation = with_model_inputs(lesions.splits["validation"], processor, config, training=False)

@@ -61,8 +61,10 @@ def test_image_features_errors_say_the_fix():
     model = tiny_model("image")
     pixels = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
     width = model.skin_fusion.backbone.num_features
-    with pytest.raises(ValueError, match="either `pixel_values` or `image_features`, not both"):
+    with pytest.raises(ValueError, match="Pass one image input, not pixel_values and image_features"):
         model(pixel_values=pixels, image_features=torch.randn(1, width))
+    with pytest.raises(ValueError, match="`feature_map_stage` is not set"):
+        model(feature_maps=torch.randn(1, 24, 16, 16))
     with pytest.raises(ValueError, match="or cached `image_features`"):
         model()
     with pytest.raises(ValueError, match=rf"pools \(batch, {width}\); extract them"):
@@ -79,6 +81,52 @@ def test_flip_views_are_the_features_of_flipped_images():
                                pooled_features(extractor, pixels.rot90(2, dims=(-2, -1))))
     with pytest.raises(ValueError, match="distinct names from"):
         pooled_features(extractor, pixels, "rot90")
+
+
+def test_feature_maps_of_an_early_stage_give_the_same_logits_as_pixels():
+    model = tiny_model("fusion").eval()
+    pixels = torch.randn(4, 3, TINY_SIZE, TINY_SIZE)
+    metadata = torch.randn(4, model.config.metadata_dim)
+    extractor = feature_extractor(model.skin_fusion.backbone)
+    with torch.inference_mode():
+        from_pixels = model(pixel_values=pixels, metadata=metadata).logits
+        for stage in range(1, len(model.skin_fusion.backbone.blocks)):
+            model.skin_fusion.feature_map_stage = stage
+            maps = pooled_features(extractor, pixels, stage=stage)
+            from_maps = model(feature_maps=maps, metadata=metadata).logits
+            torch.testing.assert_close(from_maps, from_pixels, rtol=0, atol=1e-5)
+            hflip_maps = pooled_features(extractor, pixels, "hflip", stage=stage)
+            torch.testing.assert_close(hflip_maps, pooled_features(extractor, pixels.flip(-1), stage=stage))
+
+
+def test_feature_maps_are_refused_for_backbones_and_stages_that_cannot_be_cut():
+    from skin_fusion.modeling.backbones import check_stage_split, create_backbone
+
+    backbone = tiny_model("image").skin_fusion.backbone
+    for stage in (0, len(backbone.blocks)):
+        with pytest.raises(ValueError, match=f"train between 1 and {len(backbone.blocks) - 1} last stages"):
+            check_stage_split(backbone, stage)
+    with pytest.raises(ValueError, match="no conv_stem / blocks / conv_head layout"):
+        check_stage_split(create_backbone("skin_fusion_small_cnn"), 1)
+    with pytest.raises(ValueError, match="interpolates feature vectors, not the feature maps"):
+        smote_inputs({"labels": np.zeros(4), "feature_maps": np.zeros((4, 2, 2, 2))}, seed=0)
+
+
+def test_a_feature_maps_column_holds_float16_maps_of_the_evaluation_transform(lesions):
+    processor = fitted_processor()
+    model = tiny_model("image", processor=processor).eval()
+    split = lesions.splits["validation"]
+    with_maps = add_image_features(split, model.skin_fusion.backbone, processor, stage=2)
+    maps = feature_matrix(with_maps, "feature_maps")
+    assert maps.dtype == np.float16 and maps.shape == (len(split), 24, 16, 16)  # test_efficientnet at 64 px
+    assert with_maps._fingerprint != add_image_features(split, model.skin_fusion.backbone, processor)._fingerprint
+    inputs = cached_inputs(with_maps, processor, uses_image=True, uses_metadata=False)
+    assert set(inputs) == {"labels", "feature_maps"}
+    model.skin_fusion.feature_map_stage = 2
+    with torch.inference_mode():
+        expected = model(pixel_values=processor.preprocess_images(split[:3]["image"])).logits
+        from_maps = model(feature_maps=torch.from_numpy(maps[:3])).logits
+    torch.testing.assert_close(from_maps, expected, rtol=0, atol=2e-2)  # float16 maps
 
 
 def test_features_column_holds_the_backbone_features_of_the_evaluation_transform(lesions):
@@ -155,6 +203,52 @@ def test_a_cached_feature_run_leaves_the_backbone_as_it_was_initialised(cached_r
     expected = initial.skin_fusion.backbone.state_dict()
     actual = saved.skin_fusion.backbone.state_dict()
     assert all(torch.equal(actual[name], expected[name]) for name in expected)
+
+
+@pytest.fixture(scope="module")
+def last_stages_run(lesion_folder, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("last-stages")
+    report = train(lesion_folder, output_dir, "--backbone", "test_efficientnet", "--unfreeze_last_blocks", "2",
+                   "--freeze_epochs", "0", "--backbone_learning_rate", "1e-2", "--compare_image_only", "False")
+    return report, output_dir
+
+
+def test_a_last_stages_run_trains_only_the_stages_after_its_cached_maps(last_stages_run):
+    report, output_dir = last_stages_run
+    assert np.isfinite(report.test_metrics["balanced_accuracy"]) and report.feature_extraction_seconds > 0
+    saved = AutoModelForImageClassification.from_pretrained(output_dir)
+    assert saved.skin_fusion.feature_map_stage is None  # a runtime setting, not part of the saved model
+    set_seed(0)  # run_training seeds before building the model
+    initial = SkinFusionForImageClassification(saved.config).skin_fusion.backbone.state_dict()
+    actual = saved.skin_fusion.backbone.state_dict()
+    changed = {name.split(".")[0] + (".%s" % name.split(".")[1] if name.startswith("blocks") else "")
+               for name in initial if not torch.equal(actual[name], initial[name])}
+    assert changed == {"blocks.3", "blocks.4", "conv_head", "bn2"}  # test_efficientnet has 5 stages
+
+
+def test_a_last_stages_run_saves_a_model_that_predicts_the_same_from_pixels(last_stages_run, lesions):
+    _, output_dir = last_stages_run
+    model = AutoModelForImageClassification.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
+    split = lesions.splits["test"]
+    stage = len(model.skin_fusion.backbone.blocks) - 2
+    maps = feature_matrix(add_image_features(split, model.skin_fusion.backbone, processor, stage=stage),
+                          "feature_maps")
+    batch = split[:8]
+    rows = [{c: batch[c][i] for c in processor.encoder.columns} for i in range(8)]
+    with torch.inference_mode():
+        from_pixels = model(**processor(images=batch["image"], metadata=rows)).logits
+        model.skin_fusion.feature_map_stage = stage
+        from_maps = model(feature_maps=torch.from_numpy(maps[:8]), metadata=processor(metadata=rows)["metadata"])
+    torch.testing.assert_close(from_maps.logits, from_pixels, rtol=0, atol=2e-2)  # float16 maps
+
+
+def test_caching_maps_is_refused_where_the_backbone_cannot_be_cut(lesion_folder, tmp_path):
+    with pytest.raises(ValueError, match="no conv_stem / blocks / conv_head layout"):
+        train(lesion_folder, tmp_path / "run", "--unfreeze_last_blocks", "1", "--freeze_epochs", "0")
+    with pytest.raises(ValueError, match="train between 1 and 4 last stages"):
+        train(lesion_folder, tmp_path / "run", "--backbone", "test_efficientnet", "--unfreeze_last_blocks", "5",
+              "--freeze_epochs", "0")
 
 
 def test_smote_trains_the_image_model_on_cached_features(lesion_folder, lesions, tmp_path):
