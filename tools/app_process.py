@@ -49,10 +49,11 @@ class AppProcess:
 
 
 @contextlib.contextmanager
-def app_process(model_dir: Path, root: Path, app_dir: Path = REPO) -> Iterator[AppProcess]:
-    """`python app.py --model model_dir` in its own process, run from `app_dir` (relative paths name the project's
-    sources), with its home (where the examples are generated), Gradio cache and temporary folders under `root`;
-    stopped with Ctrl-C (SIGINT) when the block ends, unless it ended already."""
+def app_process(model_dir: Path | None, root: Path, app_dir: Path = REPO) -> Iterator[AppProcess]:
+    """`python app.py --model model_dir` (`None`: no `--model`, the app's default) in its own process, run from
+    `app_dir` (relative paths name the project's sources), with its home (where the examples are generated), Gradio
+    cache and temporary folders under `root`; stopped with Ctrl-C (SIGINT) when the block ends, unless it ended
+    already."""
     folders = {name: root / name for name in ("home", "gradio", "tmp")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,8 @@ def app_process(model_dir: Path, root: Path, app_dir: Path = REPO) -> Iterator[A
            "TMPDIR": str(folders["tmp"]), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     log = root / f"server-{port}.log"
     with log.open("wb") as output:
-        process = subprocess.Popen([sys.executable, "app.py", "--model", str(model_dir), "--port", str(port)],
+        model = ["--model", str(model_dir)] if model_dir is not None else []
+        process = subprocess.Popen([sys.executable, "app.py", *model, "--port", str(port)],
                                    cwd=app_dir, env=env, stdout=output, stderr=subprocess.STDOUT)
     server = AppProcess(f"http://127.0.0.1:{port}/", process, folders["gradio"], folders["tmp"], log)
     try:

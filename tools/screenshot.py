@@ -63,6 +63,7 @@ def classify_in_browser(page, url: str, image_path: Path, metadata: dict[str, st
     heatmap.wait_for(timeout=60_000)
     shown = {
         "top_label": page.locator("#probabilities [data-testid=label-output-value]").inner_text(timeout=10_000),
+        "classes": page.locator("#probabilities [data-testid$=-confidence-set] dt").all_inner_texts(),
         "heatmap_visible": heatmap.is_visible(),
         "caption": page.locator("#heatmap-caption").inner_text(),
         "note": page.locator("#uncertainty-note").inner_text(),

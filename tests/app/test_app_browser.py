@@ -10,12 +10,16 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 from playwright.sync_api import sync_playwright
 
 from skin_fusion.data.synthetic import generate_synthetic_lesions
 from skin_fusion.serving.predictor import SkinFusionPredictor
 from tests.helpers import lesion_image, require_chromium, save_tiny_model
+from tools.app_process import app_process
 from tools.screenshot import CHROMIUM, CHROMIUM_ARGS, classify_in_browser, running_app
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_visitor_uploads_fills_metadata_and_sees_label_heatmap_and_disclaimer(tmp_path):
@@ -47,3 +51,33 @@ def test_visitor_uploads_fills_metadata_and_sees_label_heatmap_and_disclaimer(tm
         target = Path(os.environ["SKIN_FUSION_SCREENSHOT"])
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(screenshot, target)
+
+
+def test_a_visitor_of_a_fresh_clone_gets_the_shipped_model_on_a_real_lesion_with_and_without_metadata(tmp_path):
+    """`python app.py` as cloned (no --model, no training): a held-out HAM10000 test image, first with the form as
+    it loads, then with the lesion's recorded age, sex and site; both answers list all seven classes."""
+    require_chromium()
+    row = pd.read_csv(REPO / "examples" / "ham10000" / "metadata.csv").iloc[0]
+    image = REPO / "examples" / "ham10000" / row["file_name"]
+    recorded = {"age": int(row["age"]), "sex": row["sex"], "localization": row["localization"]}
+    predictor = SkinFusionPredictor.from_pretrained(REPO / "models" / "skin-fusion-ham10000")
+    expected_empty, expected_filled = predictor.predict(image, {}), predictor.predict(image, recorded)
+
+    with app_process(None, tmp_path) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        empty = classify_in_browser(page, server.url, image, {}, tmp_path / "empty.png")
+        filled = classify_in_browser(page, server.url, image, {k: str(v) for k, v in recorded.items()},
+                                     tmp_path / "filled.png")
+        browser.close()
+
+    seven = sorted(predictor.labels)
+    assert len(seven) == 7 and "mel" in seven
+    assert sorted(empty["classes"]) == seven and sorted(filled["classes"]) == seven
+    for shown, expected in ((empty, expected_empty), (filled, expected_filled)):
+        most_probable = max(expected.probabilities, key=expected.probabilities.get)
+        assert shown["top_label"] == most_probable  # the Label shows the most probable class ...
+        assert shown["caption"].startswith(f"Grad-CAM for {expected.label}")  # ... the heatmap explains the decision
+    assert "Not recorded: age, sex, localization" in empty["note"]
+    assert "Not recorded" not in filled["note"]
+    assert empty["heatmap_visible"] and filled["heatmap_visible"]
