@@ -1,8 +1,10 @@
 """What the app's predictor costs on top of the bare backbone, on this CPU (batch 1, medians).
 
     python bench/app_latency.py [--backbones tf_efficientnet_lite0:224 tf_efficientnet_b4:380] [--runs 20] [--threads 2]
+    python bench/app_latency.py --model models/skin-fusion-ham10000 --image examples/ham10000/images/ISIC_0024329.jpg
 
-Rows, per backbone (random weights; speed does not depend on their values):
+Rows, per backbone (random weights; speed does not depend on their values), or for a saved model (`--model`, on the
+image file `--image`, decoded on every call as the app decodes an upload):
   - bare backbone forward: the timm model with the predictor's backbone weights, eval, channels-last, inference mode;
   - bare forward + backward: the same with autograd and a backward from the pooled features (Grad-CAM's yardstick);
   - predictor: `SkinFusionPredictor.predict` on a PIL image of the processor's resize size (decode checks, resize,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -64,17 +67,28 @@ def saved_model(backbone: str, image_size: int, directory: Path) -> Path:
 
 
 def bench_backbone(backbone: str, image_size: int, runs: int, threads: int) -> dict[str, float]:
+    """Timings of a fusion model with random weights on `backbone`, on a random image of the processor's size."""
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = saved_model(backbone, image_size, Path(tmp))
-        configure_torch_threads(threads)
-        predictor = SkinFusionPredictor.from_pretrained(model_dir, num_threads=threads)
-        onnx_predictor = SkinFusionPredictor.from_pretrained(model_dir, num_threads=threads, runtime="onnx")
+        return bench_model(saved_model(backbone, image_size, Path(tmp)), None, runs, threads)
+
+
+def bench_model(model_dir: Path, image_file: Path | None, runs: int, threads: int) -> dict[str, float]:
+    """Timings of the saved model in `model_dir` on `image_file` (a path, decoded on every call), or on a random
+    in-memory image of the processor's resize size."""
+    configure_torch_threads(threads)
+    predictor = SkinFusionPredictor.from_pretrained(model_dir, num_threads=threads)
+    with tempfile.TemporaryDirectory() as tmp:  # the export goes to a copy: a committed model stays as it is
+        copy = Path(tmp) / "model"
+        shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("*.onnx", "runs", "image-only"))
+        onnx_predictor = SkinFusionPredictor.from_pretrained(copy, num_threads=threads, runtime="onnx")
+    backbone, image_size = predictor.config.backbone, predictor.config.image_size
     bare = timm.create_model(backbone, pretrained=False, num_classes=0)
     bare.load_state_dict(predictor.model.skin_fusion.backbone.state_dict())
     bare = bare.eval().to(memory_format=torch.channels_last)
     pixels = torch.randn(1, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
     side = predictor.processor.resize_size
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
+    image = image_file if image_file is not None else Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
 
     def bare_forward() -> None:
         with torch.inference_mode():
@@ -138,19 +152,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", nargs="+", default=["tf_efficientnet_lite0:224"],
                         help="timm name:size pairs, e.g. tf_efficientnet_lite0:224 tf_efficientnet_b4:380")
+    parser.add_argument("--model", type=Path, help="a saved model directory instead of --backbones")
+    parser.add_argument("--image", type=Path, help="with --model: the image file to classify (decoded every call)")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     torch.manual_seed(0)
     results = {}
-    for spec in args.backbones:
-        backbone, size = spec.split(":")
-        results[f"{backbone} @ {size}"] = bench_backbone(backbone, int(size), args.runs, args.threads)
+    if args.model is not None:
+        results[f"{args.model.name} ({args.image.name if args.image else 'random image'})"] = bench_model(
+            args.model, args.image, args.runs, args.threads)
+    else:
+        for spec in args.backbones:
+            backbone, size = spec.split(":")
+            results[f"{backbone} @ {size}"] = bench_backbone(backbone, int(size), args.runs, args.threads)
     info = machine_info()
     table = markdown(results, info, args.runs)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.threads == 2 else f"_{args.threads}threads"
+    suffix = (f"_{args.model.name}" if args.model is not None else "") + (
+        "" if args.threads == 2 else f"_{args.threads}threads")
     report = {"machine": info, "runs": args.runs, "results": results}
     (RESULTS / f"app_latency{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"app_latency{suffix}.md").write_text("# App latency\n\n" + table)

@@ -90,6 +90,11 @@ class DataArguments:
     group_column: str | None = field(default=None, metadata={"help": "Grouping for splits (detected: lesion_id)."})
     validation_size: float = field(default=0.15, metadata={"help": "Validation fraction (when no split column)."})
     test_size: float = field(default=0.15, metadata={"help": "Test fraction (when no split column)."})
+    split_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the train / validation / test split (default: --seed). Fix it to compare training "
+                          "seeds on one split; runs on the same split reuse cached backbone features."},
+    )
     max_samples: int | None = field(default=None, metadata={"help": "Stratified subsample for quick runs."})
     balancing: str = field(
         default="class_weights",

@@ -216,7 +216,8 @@ def run_training(
     set_seed(args.seed)  # before the model is built: its head's initialisation must repeat run to run
     cached = check_feature_caching(model_args.modality, args)
     logger.info(describe_run(model_args, data_args, args))
-    lesions, synthetic = load_training_data(data_args, args.seed)
+    split_seed = args.seed if data_args.split_seed is None else data_args.split_seed
+    lesions, synthetic = load_training_data(data_args, split_seed)
     processor, config = build_processor_and_config(lesions, model_args, data_args)
     model = SkinFusionForImageClassification(config)
     provenance = load_backbone_weights(model)
@@ -373,6 +374,9 @@ def card_facts(
             "freeze_epochs": args.freeze_epochs if model.config.uses_image else 0,
             "unfreeze_last_blocks": args.unfreeze_last_blocks, "backbone_learning_rate": args.backbone_learning_rate,
             "learning_rate": args.learning_rate, "weight_decay": args.weight_decay, "seed": args.seed,
+            "split_seed": args.seed if data_args.split_seed is None else data_args.split_seed,
+            "cached_views": ", ".join(args.cache_train_views)
+            if args.cache_image_features and model.config.uses_image else None,
             "label_smoothing": model.config.label_smoothing,
             "metadata_dropout": model.config.metadata_dropout if model.config.uses_metadata else 0.0,
             "metadata_row_dropout": model.config.metadata_row_dropout if model.config.uses_metadata else 0.0,

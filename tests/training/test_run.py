@@ -153,3 +153,16 @@ def test_the_card_renders_again_from_its_saved_facts_with_plots_linked_from_else
     assert again == beside.replace("](confusion_matrix.png)", f"]({prefix}confusion_matrix.png)").replace(
         "](roc_curves.png)", f"]({prefix}roc_curves.png)").replace(
         "](training_curves.png)", f"]({prefix}training_curves.png)")
+
+
+def test_split_seed_fixes_the_split_while_the_training_seed_varies(lesion_folder, tmp_path):
+    def split_of(name: str, *seeds: str) -> tuple[dict, str, dict]:
+        train(lesion_folder, tmp_path / name, "--modality", "metadata", "--num_train_epochs", "1", *seeds)
+        facts = json.loads((tmp_path / name / "card_facts.json").read_text())
+        # the metadata encoder is fitted on the training split: its saved statistics name that split
+        return facts["train_counts"], (tmp_path / name / "preprocessor_config.json").read_text(), facts["training"]
+
+    counts, encoder, training = split_of("a", "--seed", "1", "--split_seed", "7")
+    assert (training["seed"], training["split_seed"]) == (1, 7)
+    assert split_of("b", "--seed", "2", "--split_seed", "7")[:2] == (counts, encoder)
+    assert split_of("c", "--seed", "2")[:2] != (counts, encoder)
