@@ -85,9 +85,11 @@ class BestWeightsInMemoryCallback(TrainerCallback):
                                               else value < self.best_metric)
         if better:
             self.best_metric = value
-            # Only trainable parameters change; the frozen backbone is shared, not copied.
-            self.best_state = {name: p.detach().clone() for name, p in model.named_parameters()
-                               if not name.startswith("skin_fusion.backbone.")}
+            # A backbone frozen throughout is shared, not copied; one whose last stages train on cached feature maps
+            # is copied with its batch-norm statistics (state_dict holds the buffers too).
+            trains_backbone = model.skin_fusion.feature_map_stage is not None
+            self.best_state = {name: value.detach().clone() for name, value in model.state_dict().items()
+                               if trains_backbone or not name.startswith("skin_fusion.backbone.")}
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if model is not None and self.best_state is not None:
