@@ -64,3 +64,28 @@ def test_unfreeze_last_blocks_flag_reaches_the_trainers_optimizer(model, tmp_pat
     blocks = backbone_block_names(model)
     assert all(rates[name][0] == 0.0 for block in blocks[:-1] for name in block)
     assert all(rates[name][0] == args.backbone_learning_rate for name in blocks[-1])
+
+
+@pytest.mark.parametrize("stage", [None, 3])
+def test_best_weights_in_memory_restore_what_trained_and_share_a_frozen_backbone(stage):
+    import torch
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from skin_fusion.training.trainer import BestWeightsInMemoryCallback
+
+    model = tiny_model("fusion")
+    model.skin_fusion.feature_map_stage = stage
+    args, state, control = TrainingArguments("unused", metric_for_best_model="bacc"), TrainerState(), TrainerControl()
+    callback = BestWeightsInMemoryCallback()
+    best = {name: value.clone() for name, value in model.state_dict().items()}
+    callback.on_evaluate(args, state, control, model=model, metrics={"eval_bacc": 0.6})
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            value.add_(1)  # parameters and batch-norm statistics alike
+    callback.on_evaluate(args, state, control, model=model, metrics={"eval_bacc": 0.5})  # worse: not kept
+    callback.on_train_end(args, state, control, model=model)
+    restored = model.state_dict()
+    head, tail = "head.1.weight", "skin_fusion.backbone.blocks.4.0.bn1.running_mean"
+    assert torch.equal(restored[head], best[head]) and state.best_metric == 0.6
+    # the last stages train on cached maps (stage set): restored; a backbone frozen throughout is left as it is
+    assert torch.equal(restored[tail], best[tail]) == (stage is not None)
