@@ -41,7 +41,12 @@ from skin_fusion.threads import configure_torch_threads
 BENCH = Path(__file__).resolve().parent
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METADATA = {"age": 63, "sex": "male", "anatom_site_general": "head/neck"}
+
+
+def recorded_metadata(predictor: SkinFusionPredictor) -> dict[str, object]:
+    """A complete metadata row for the model: age 63 for numbers, each categorical field's first category."""
+    choices = predictor.metadata_choices()
+    return {name: 63 if name in predictor.numeric_columns else choices[name][0] for name in predictor.metadata_columns}
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3) -> dict[str, float]:
@@ -98,23 +103,24 @@ def bench_model(model_dir: Path, image_file: Path | None, runs: int, threads: in
         bare.zero_grad(set_to_none=True)
         bare(pixels).sum().backward()
 
-    prepared = {"pixel_values": predictor.processor.preprocess_images(image).contiguous(
-        memory_format=torch.channels_last), "metadata": predictor.encode_metadata(METADATA)[0]}
+    metadata = recorded_metadata(predictor)
+    prepared = {"pixel_values": predictor.processor.preprocess_images(load_rgb_image(image)).contiguous(
+        memory_format=torch.channels_last), "metadata": predictor.encode_metadata(metadata)[0]}
 
     def model_forward() -> None:
         with torch.inference_mode():
-            predictor.model(**prepared)
+            predictor.inference_model(**prepared)
 
     timings = interleaved_medians({
         "bare_forward_ms": bare_forward,
         "model_forward_ms": model_forward,
         "preprocess_ms": lambda: (predictor.processor.preprocess_images(load_rgb_image(image)),
-                                  predictor.encode_metadata(METADATA)),
+                                  predictor.encode_metadata(metadata)),
         "bare_forward_backward_ms": bare_forward_backward,
-        "predictor_ms": lambda: predictor.predict(image, METADATA),
-        "predictor_onnx_ms": lambda: onnx_predictor.predict(image, METADATA),
-        "predictor_gradcam_ms": lambda: predictor.predict(image, METADATA, explain=True),
-        "predictor_tta_ms": lambda: predictor.predict(image, METADATA, tta=True),
+        "predictor_ms": lambda: predictor.predict(image, metadata),
+        "predictor_onnx_ms": lambda: onnx_predictor.predict(image, metadata),
+        "predictor_gradcam_ms": lambda: predictor.predict(image, metadata, explain=True),
+        "predictor_tta_ms": lambda: predictor.predict(image, metadata, tta=True),
     }, runs)
     timings["predictor_overhead"] = timings["predictor_ms"] / timings["bare_forward_ms"] - 1
     timings["predictor_onnx_vs_bare"] = timings["predictor_onnx_ms"] / timings["bare_forward_ms"]
@@ -141,7 +147,8 @@ def markdown(results: dict[str, dict[str, float]], info: dict[str, object], runs
             f"| {t['gradcam_vs_forward_backward']:.2f} | {t['predictor_tta_ms']:.1f} ms |"
         )
     lines += ["", "Where the predictor's time goes (same runs): image checks + resize/crop/normalise + metadata "
-              "encoding, and the SkinFusion model's forward (backbone + metadata MLP + head) on prepared tensors.", "",
+              "encoding, and the served SkinFusion model's forward (backbone with batch norms folded + metadata MLP "
+              "+ head) on prepared tensors.", "",
               "| backbone | preprocessing | model forward | bare forward |", "|---|---|---|---|"]
     lines += [f"| {name} | {t['preprocess_ms']:.2f} ms | {t['model_forward_ms']:.1f} ms | "
               f"{t['bare_forward_ms']:.1f} ms |" for name, t in results.items()]

@@ -286,3 +286,13 @@ def test_damaged_model_folder_gives_the_one_line_model_not_found_message(model_d
                             "Hub id with HF_HUB_OFFLINE=0.")
     if damage == "another model_type":
         assert "its config.json names model_type 'other_fusion', not 'skin_fusion'" in message
+
+
+def test_plain_predictions_run_a_folded_copy_that_gives_the_models_probabilities(predictor):
+    assert predictor.inference_model is not predictor.model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.inference_model.modules())
+    image = lesion_image()
+    explained = predictor.predict(image, {}, explain=True)  # Grad-CAM runs the model as trained
+    plain = predictor.predict(image, {})
+    for name, probability in plain.probabilities.items():
+        assert probability == pytest.approx(explained.probabilities[name], abs=1e-5)
