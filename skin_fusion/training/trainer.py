@@ -51,7 +51,9 @@ def optimizer_parameter_groups(
             rate = head_learning_rate
         decay = 0.0 if parameter.ndim <= 1 or rate == 0.0 else weight_decay
         groups.setdefault((rate, decay), []).append(parameter)
-    return [{"params": params, "lr": rate, "weight_decay": decay} for (rate, decay), params in groups.items()]
+    # Highest rate first: the Trainer logs the first group's learning rate, which should be the head's, not zero.
+    ordered = sorted(groups.items(), key=lambda item: -item[0][0])
+    return [{"params": params, "lr": rate, "weight_decay": decay} for (rate, decay), params in ordered]
 
 
 class BackboneFreezeCallback(TrainerCallback):

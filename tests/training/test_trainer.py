@@ -89,3 +89,9 @@ def test_best_weights_in_memory_restore_what_trained_and_share_a_frozen_backbone
     assert torch.equal(restored[head], best[head]) and state.best_metric == 0.6
     # the last stages train on cached maps (stage set): restored; a backbone frozen throughout is left as it is
     assert torch.equal(restored[tail], best[tail]) == (stage is not None)
+
+
+def test_the_first_parameter_group_is_the_heads_so_the_logged_learning_rate_is_its():
+    model = tiny_model("fusion")
+    groups = optimizer_parameter_groups(model, HEAD_RATE, BACKBONE_RATE, DECAY, unfreeze_last_blocks=1)
+    assert groups[0]["lr"] == HEAD_RATE and [g["lr"] for g in groups] == sorted((g["lr"] for g in groups), reverse=True)
