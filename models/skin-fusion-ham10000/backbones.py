@@ -93,3 +93,33 @@ def create_backbone(name: str, drop_rate: float = 0.0) -> nn.Module:
     """A randomly initialised timm model that returns pooled features (`num_classes=0`); never downloads."""
     check_backbone_name(name)
     return timm.create_model(name, pretrained=False, num_classes=0, drop_rate=drop_rate)
+
+
+def check_stage_split(backbone: nn.Module, stage: int) -> None:
+    """Raise a `ValueError` unless `backbone` can be cut before its stage `stage` (timm EfficientNet-style layout)."""
+    if not all(hasattr(backbone, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+        raise ValueError(
+            f"{type(backbone).__name__} has no conv_stem / blocks / conv_head layout, so it cannot be cut into cached "
+            "early stages and trained last stages; use a timm EfficientNet or MobileNet backbone, or train it on "
+            "pixels (--cache_image_features False)."
+        )
+    if not 0 < stage < len(backbone.blocks):
+        raise ValueError(
+            f"stage {stage} is not a cut inside the {len(backbone.blocks)} stages of {type(backbone).__name__}: "
+            f"train between 1 and {len(backbone.blocks) - 1} last stages on cached feature maps."
+        )
+
+
+def early_stage_maps(backbone: nn.Module, pixel_values: torch.Tensor, stage: int) -> torch.Tensor:
+    """The feature map that enters stage `stage` of `backbone`: its stem and earlier stages, on normalised images."""
+    check_stage_split(backbone, stage)
+    hidden = backbone.bn1(backbone.conv_stem(pixel_values))
+    return backbone.blocks[:stage](hidden)
+
+
+def late_stage_features(backbone: nn.Module, feature_maps: torch.Tensor, stage: int) -> torch.Tensor:
+    """The pooled features of `backbone` from the maps `early_stage_maps(..., stage)` gave: the remaining stages, the
+    head convolution and the pooling (`forward_features` then `forward_head(pre_logits=True)`, continued)."""
+    check_stage_split(backbone, stage)
+    hidden = backbone.blocks[stage:](feature_maps.to(backbone.conv_head.weight.dtype))
+    return backbone.forward_head(backbone.bn2(backbone.conv_head(hidden)), pre_logits=True)

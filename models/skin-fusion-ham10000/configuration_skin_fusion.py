@@ -9,8 +9,9 @@ from .backbones import check_backbone_name
 MODALITIES = ("fusion", "image", "metadata")
 BACKBONE_WEIGHT_SOURCES = ("none", "hub", "file", "lite")
 
-# The original study's three classes: the default label set, and the classes of the embedded demo data.
-DEFAULT_LABELS = ("actinic keratosis", "pigmented benign keratosis", "squamous cell carcinoma")
+# The original study's three classes: the default label set, and the classes of the embedded demo data in the order
+# its generator draws them (skin_fusion.data.synthetic; that order fixes the generated files).
+DEFAULT_LABELS = ("actinic keratosis", "squamous cell carcinoma", "pigmented benign keratosis")
 # ISIC's general anatomical sites: the default metadata schema (age, sex, site) before a processor is fitted.
 DEFAULT_SITES = (
     "anterior torso", "head/neck", "lateral torso", "lower extremity", "oral/genital", "palms/soles",

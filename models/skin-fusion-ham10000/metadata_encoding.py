@@ -26,6 +26,8 @@ NUMERIC_VALID_RANGES: dict[str, tuple[float, float]] = {
 }
 
 CATEGORICAL_MISSING_STRATEGIES = ("most_frequent", "unknown")
+# Error messages quote at most this many characters of a bad value: enough to recognise it, never a 5 MB echo.
+MAX_QUOTED_CHARS = 80
 UNSEEN_CATEGORY_POLICIES = ("missing", "error")
 
 
@@ -64,17 +66,25 @@ def is_missing(value: Any) -> bool:
         return False
 
 
+def quote(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
+    """`repr(value)` for an error message, cut to `limit` characters with the full length said."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def parse_numeric(name: str, value: Any) -> float | None:
     """Parse one numeric value; `None` when missing; raises `MetadataError` when it is not a plausible number."""
     if is_missing(value):
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float's range
+        number = None
+    if number is None or isinstance(value, (bool, np.bool_)):  # float(True) is 1.0: a tick box's value, not an age
         raise MetadataError(
-            f"Metadata '{name}' must be a number, got {value!r}. Enter a number (for example 45) or leave it empty "
-            "if it is unknown."
-        ) from None
+            f"Metadata '{name}' must be a number, got {quote(value)}. Enter a number (for example 45) or leave it "
+            "empty if it is unknown."
+        )
     if math.isnan(number):
         return None
     low, high = NUMERIC_VALID_RANGES.get(name, (-math.inf, math.inf))
@@ -194,8 +204,8 @@ class MetadataEncoder:
             if category is not None and category not in f.categories:
                 if self.on_unseen == "error":
                     raise MetadataError(
-                        f"Metadata '{f.name}' = {category!r} was never seen in training; use one of {f.categories} "
-                        "or leave it empty if it is unknown."
+                        f"Metadata '{f.name}' = {quote(category)} was never seen in training; use one of "
+                        f"{f.categories} or leave it empty if it is unknown."
                     )
                 category = None
             one_hot = [0.0] * len(f.categories)

@@ -7,7 +7,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
-from .backbones import create_backbone
+from .backbones import create_backbone, late_stage_features
 from .configuration_skin_fusion import SkinFusionConfig
 
 
@@ -84,6 +84,9 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
         ) if masking else None
         # A frozen backbone runs without autograd and keeps its batch-norm statistics (see `freeze_backbone`).
         self.backbone_frozen = False
+        # The backbone stage that `feature_maps` inputs enter (set while training the last stages on cached maps of
+        # the earlier ones; see `skin_fusion.data.feature_cache`). Not part of the saved model: pixels run it all.
+        self.feature_map_stage: int | None = None
         self.post_init()
 
     def freeze_backbone(self, frozen: bool = True) -> None:
@@ -110,24 +113,33 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
     def metadata_features_dim(self) -> int:
         return self.config.metadata_hidden_sizes[-1] if self.metadata_mlp is not None else 0
 
-    def check_image_inputs(self, pixel_values: torch.Tensor | None, image_features: torch.Tensor | None) -> None:
+    def check_image_inputs(self, pixel_values: torch.Tensor | None, image_features: torch.Tensor | None,
+                           feature_maps: torch.Tensor | None = None) -> None:
         """Raise a `ValueError` that says the fix unless exactly one image input of the right shape is given."""
-        if pixel_values is not None and image_features is not None:
+        given = [name for name, value in (("pixel_values", pixel_values), ("image_features", image_features),
+                                          ("feature_maps", feature_maps)) if value is not None]
+        if len(given) > 1:
             raise ValueError(
-                "Pass either `pixel_values` or `image_features`, not both: `image_features` are the backbone's pooled "
-                "features of those same images (see `skin_fusion.feature_cache`), used instead of running it."
+                f"Pass one image input, not {' and '.join(given)}: `image_features` (pooled) and `feature_maps` (an "
+                "early stage's output) are cached forms of those same images (see `skin_fusion.data.feature_cache`), "
+                "used instead of running the backbone on `pixel_values`."
             )
-        if pixel_values is None and image_features is None:
+        if not given:
             raise ValueError(
                 f"modality={self.config.modality!r} needs `pixel_values` (run the image through SkinFusionProcessor) "
-                "or cached `image_features` (see `skin_fusion.feature_cache`); or use modality='metadata'."
+                "or cached `image_features` (see `skin_fusion.data.feature_cache`); or use modality='metadata'."
             )
         width = self.backbone.num_features
         if image_features is not None and (image_features.ndim != 2 or image_features.shape[-1] != width):
             raise ValueError(
                 f"image_features has shape {tuple(image_features.shape)} but backbone {self.config.backbone!r} pools "
                 f"(batch, {width}); extract them from this model's backbone with "
-                "`skin_fusion.feature_cache.extract_image_features`."
+                "`skin_fusion.data.feature_cache.add_image_features`."
+            )
+        if feature_maps is not None and self.feature_map_stage is None:
+            raise ValueError(
+                "feature_maps were given but `feature_map_stage` is not set: set it to the backbone stage the maps "
+                "enter (the `stage` they were cached for with `skin_fusion.data.feature_cache.add_image_features`)."
             )
 
     def forward(
@@ -135,6 +147,7 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         metadata: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        feature_maps: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -146,7 +159,10 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
                 required unless `modality="image"`.
             image_features (`torch.FloatTensor` of shape `(batch, backbone.num_features)`, *optional*):
                 The backbone's pooled features of the images (`forward_head(..., pre_logits=True)`), cached by
-                `skin_fusion.feature_cache`; used instead of running the backbone on `pixel_values`.
+                `skin_fusion.data.feature_cache`; used instead of running the backbone on `pixel_values`.
+            feature_maps (`torch.Tensor` of shape `(batch, channels, height, width)`, *optional*):
+                The maps that enter backbone stage `self.feature_map_stage` (cached by
+                `skin_fusion.data.feature_cache`); the remaining stages run on them, so they can be trained.
 
         Returns:
             `BaseModelOutputWithPooling` whose `pooler_output` is the fused feature vector and whose
@@ -156,9 +172,11 @@ class SkinFusionModel(SkinFusionPreTrainedModel):
         features: list[torch.Tensor] = []
         feature_map = None
         if self.backbone is not None:
-            self.check_image_inputs(pixel_values, image_features)
-            if image_features is None:
-                with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            self.check_image_inputs(pixel_values, image_features, feature_maps)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+                if feature_maps is not None:
+                    image_features = late_stage_features(self.backbone, feature_maps, self.feature_map_stage)
+                elif image_features is None:
                     feature_map = self.backbone.forward_features(pixel_values)
                     image_features = self.backbone.forward_head(feature_map, pre_logits=True)
             features.append(image_features)
@@ -197,19 +215,21 @@ class SkinFusionForImageClassification(SkinFusionPreTrainedModel):
         metadata: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        feature_maps: torch.Tensor | None = None,
         **kwargs,
     ) -> ImageClassifierOutput:
         r"""
         Args:
-            pixel_values, metadata, image_features: see `SkinFusionModel.forward` (give `pixel_values` or cached
-                `image_features`).
+            pixel_values, metadata, image_features, feature_maps: see `SkinFusionModel.forward` (give
+                `pixel_values`, or cached `image_features` or `feature_maps`).
             labels (`torch.LongTensor` of shape `(batch,)`, *optional*):
                 Class indices; when given, the (class-weighted) cross-entropy loss is returned.
 
         Returns:
             `ImageClassifierOutput` with `logits` (temperature-scaled) and `loss` when `labels` are given.
         """
-        encoded = self.skin_fusion(pixel_values=pixel_values, metadata=metadata, image_features=image_features)
+        encoded = self.skin_fusion(pixel_values=pixel_values, metadata=metadata, image_features=image_features,
+                                   feature_maps=feature_maps)
         logits = self.classifier(self.head(encoded.pooler_output)) / self.config.temperature
         loss = None
         if labels is not None:

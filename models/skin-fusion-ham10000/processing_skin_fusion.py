@@ -148,8 +148,21 @@ class SkinFusionProcessor(BaseImageProcessor):
     # --------------------------------------------------------------------------------------------------- metadata
     @property
     def encoder(self) -> MetadataEncoder | None:
-        """The fitted metadata encoder, or `None` for an image-only model."""
-        return MetadataEncoder.from_dict(self.metadata_encoder) if self.metadata_encoder is not None else None
+        """The fitted metadata encoder, or `None` for an image-only model; built once from `metadata_encoder` (the
+        dict that is saved), and again only if that dict is replaced."""
+        if self.metadata_encoder is None:
+            return None
+        if self.__dict__.get("_encoder_source") is not self.metadata_encoder:
+            self._encoder = MetadataEncoder.from_dict(self.metadata_encoder)
+            self._encoder_source = self.metadata_encoder
+        return self._encoder
+
+    def to_dict(self) -> dict[str, Any]:
+        """The saved settings: every attribute but the encoder built from `metadata_encoder`."""
+        output = super().to_dict()
+        output.pop("_encoder", None)
+        output.pop("_encoder_source", None)
+        return output
 
     def metadata_schema(self) -> dict[str, Any]:
         """`numeric_features` and `categorical_features` for `SkinFusionConfig`, from the fitted encoder."""
