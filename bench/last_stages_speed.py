@@ -16,32 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import timm
 import torch
+from app_latency import interleaved_medians
 from machine_info import machine_info
 
 from skin_fusion.modeling.backbones import early_stage_maps, late_stage_features
 from skin_fusion.threads import configure_torch_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def images_per_second(steps: dict[str, Callable[[], object]], batch: int, rounds: int) -> dict[str, float]:
-    """Training images per second of each step function; every round runs each once, so load hits all alike."""
-    for step in steps.values():
-        step()
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: batch / statistics.median(values) for name, values in seconds.items()}
 
 
 def main() -> None:
@@ -83,7 +69,7 @@ def main() -> None:
             maps = early_stage_maps(model.eval(), pixels, stages - last)
         steps[f"last {last} stage(s) on pixels"] = train_step(last)
         steps[f"last {last} stage(s) on cached maps {tuple(maps.shape[1:])}"] = train_step(last, maps)
-    speeds = images_per_second(steps, args.batch, args.rounds)
+    speeds = {name: args.batch / (ms / 1000) for name, ms in interleaved_medians(steps, args.rounds, warmup=1).items()}
     info = machine_info()
     baseline = speeds["full fine-tuning"]
     lines = [f"{args.backbone} at {args.image_size} px, batch {args.batch}, median of {args.rounds} interleaved "
