@@ -26,7 +26,7 @@ import pandas as pd
 from starlette.middleware import Middleware
 
 from skin_fusion import MetadataError
-from skin_fusion.data.known_datasets import LABEL_CANDIDATES
+from skin_fusion.data.known_datasets import LABEL_CANDIDATES, class_display_name
 from skin_fusion.data.synthetic import ensure_default_dataset
 from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, ImageInputError
 from skin_fusion.serving.predictor import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
@@ -87,7 +87,8 @@ def make_predict_fn(predictor: SkinFusionPredictor, upload_dir: str):
             raise gr.Error(str(err), print_exception=False) from err
         note = f"**{result.note}**" if result.uncertain else result.note
         caption = result.explanation if explain else "Grad-CAM is off: tick “Show where the model looked” to see it."
-        return result.probabilities, image_file(result.overlay, heatmaps), caption, note
+        shown = {class_display_name(label): probability for label, probability in result.probabilities.items()}
+        return shown, image_file(result.overlay, heatmaps), caption, note
 
     weakref.finalize(predict, shutil.rmtree, heatmaps, ignore_errors=True)  # when the app goes, or at exit
     return predict

@@ -16,6 +16,17 @@ GROUP_CANDIDATES = ("lesion_id", "patient_id")
 SPLIT_CANDIDATES = ("split",)
 IMAGE_REFERENCE_CANDIDATES = ("file_name", "image", "image_id")
 
+# What the HAM10000 diagnosis codes stand for (Tschandl et al. 2018); results name a class by both.
+CLASS_NAMES = {
+    "akiec": "actinic keratosis / intraepithelial carcinoma",
+    "bcc": "basal cell carcinoma",
+    "bkl": "benign keratosis",
+    "df": "dermatofibroma",
+    "mel": "melanoma",
+    "nv": "melanocytic nevus",
+    "vasc": "vascular lesion",
+}
+
 # Columns that give the label away, and why; the loader refuses them as features.
 LEAKY_COLUMNS = {
     "dx_type": "it records how the diagnosis was confirmed (histopathology, follow-up, consensus, confocal), which "
@@ -32,6 +43,12 @@ ISIC_SITE_TO_HAM10000 = {
     "lower extremity": "lower extremity", "upper extremity": "upper extremity", "palms/soles": "acral",
     "oral/genital": "genital",
 }
+
+
+def class_display_name(label: str) -> str:
+    """How a result names a class for people: "melanoma (mel)" for a known code, any other label as it is."""
+    name = CLASS_NAMES.get(label)
+    return f"{name} ({label})" if name else label
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForImageClassification, AutoProcessor
 
+from ..data.known_datasets import class_display_name
 from ..evaluation.metrics import CARD_METRICS
 from ..modeling import (
     MetadataEncoder,
@@ -406,16 +407,17 @@ class SkinFusionPredictor:
         decided = int(predicted_classes(probabilities.clamp_min(1e-12).log()[None], self.config.decision_offsets)[0])
         label, probability = self.labels[decided], float(probabilities[decided])
         uncertain = top < self.min_probability or top - runner_up < self.min_margin or label != most_probable
+        decided_name, most_probable_name = class_display_name(label), class_display_name(most_probable)
         if label != most_probable:
-            note = (f"Flagged: {label} (probability {probability:.2f}), although {most_probable} is more probable "
-                    f"({top:.2f}). The decision weighs rarer classes up so that they are not missed: a clinician "
-                    "must look.")
+            note = (f"Flagged: {decided_name} (probability {probability:.2f}), although {most_probable_name} is more "
+                    f"probable ({top:.2f}). The decision weighs rarer classes up so that they are not missed: a "
+                    "clinician must look.")
         elif uncertain:
-            note = (f"Uncertain: the most likely class, {label}, has probability {top:.2f} and leads the next by "
-                    f"{top - runner_up:.2f}. The model cannot tell these classes apart here: a clinician must look.")
+            note = (f"Uncertain: the most likely class, {decided_name}, has probability {top:.2f} and leads the next "
+                    f"by {top - runner_up:.2f}. The model cannot tell these classes apart here: a clinician must look.")
         else:
-            note = (f"Most likely {label} (probability {top:.2f}). This is not a diagnosis: a clinician must examine "
-                    "every lesion.")
+            note = (f"Most likely {decided_name} (probability {top:.2f}). This is not a diagnosis: a clinician must "
+                    "examine every lesion.")
         if not_recorded:
             note += f" Not recorded: {', '.join(not_recorded)} (the model was trained to work without them)." \
                 if self.config.metadata_row_dropout > 0 else \
@@ -442,9 +444,10 @@ class SkinFusionPredictor:
         result.heatmap[box[1]:box[3], box[0]:box[2]] = np.clip(crop_heatmap, 0.0, 1.0)
         result.overlay = rgb.copy()
         result.overlay.paste(overlay_heatmap(rgb.crop(box), crop_heatmap), box[:2])
-        explained = self.labels[cam.class_index]
-        if explained != result.label:  # possible with TTA: Grad-CAM explains the un-augmented view
-            explained += f" (the un-augmented view's decision; with TTA the decision is {result.label})"
+        explained = class_display_name(self.labels[cam.class_index])
+        if self.labels[cam.class_index] != result.label:  # possible with TTA: Grad-CAM explains the un-augmented view
+            explained += (f" (the un-augmented view's decision; with TTA the decision is "
+                          f"{class_display_name(result.label)})")
         result.explanation = f"Grad-CAM for {explained}: warm colours mark the regions that raised its score most."
         if cut_from is not None:
             result.explanation += (f" This {cut_from[0]}x{cut_from[1]} image is more than {MAX_ASPECT_RATIO} times "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from playwright.sync_api import sync_playwright
 
+from skin_fusion.data.known_datasets import class_display_name
 from skin_fusion.data.synthetic import generate_synthetic_lesions
 from skin_fusion.serving.predictor import SkinFusionPredictor
 from tests.helpers import lesion_image, require_chromium, save_tiny_model
@@ -71,13 +72,14 @@ def test_a_visitor_of_a_fresh_clone_gets_the_shipped_model_on_a_real_lesion_with
                                      tmp_path / "filled.png")
         browser.close()
 
-    seven = sorted(predictor.labels)
-    assert len(seven) == 7 and "mel" in seven
+    seven = sorted(class_display_name(label) for label in predictor.labels)
+    assert len(seven) == 7 and "melanoma (mel)" in seven  # classes named for people, with their codes
     assert sorted(empty["classes"]) == seven and sorted(filled["classes"]) == seven
     for shown, expected in ((empty, expected_empty), (filled, expected_filled)):
         most_probable = max(expected.probabilities, key=expected.probabilities.get)
-        assert shown["top_label"] == most_probable  # the Label shows the most probable class ...
-        assert shown["caption"].startswith(f"Grad-CAM for {expected.label}")  # ... the heatmap explains the decision
+        assert shown["top_label"] == class_display_name(most_probable)  # the Label shows the most probable class ...
+        # ... and the heatmap explains the decision
+        assert shown["caption"].startswith(f"Grad-CAM for {class_display_name(expected.label)}")
     assert "Not recorded: age, sex, localization" in empty["note"]
     assert "Not recorded" not in filled["note"]
     assert empty["heatmap_visible"] and filled["heatmap_visible"]

@@ -15,7 +15,9 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 import skin_fusion  # noqa: F401  (registers the Auto classes)
+from skin_fusion.data.known_datasets import class_display_name
 from skin_fusion.reports.model_card import load_card_facts, render_model_card
+from skin_fusion.serving.predictor import SkinFusionPredictor
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "skin-fusion-ham10000"
@@ -79,3 +81,11 @@ def test_the_cards_are_generated_from_the_runs_facts_not_typed():
     scores = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert scores["balanced_accuracy"] == pytest.approx(report["test_metrics"]["balanced_accuracy"], abs=1e-4)
     assert card.data.license == "cc-by-nc-4.0" and "Non-commercial use only" in card.text
+
+
+def test_the_shipped_models_notes_name_the_classes_for_people():
+    row = pd.read_csv(EXAMPLES / "metadata.csv").iloc[0]
+    predictor = SkinFusionPredictor.from_pretrained(SHIPPED)
+    result = predictor.predict(EXAMPLES / row["file_name"], {})
+
+    assert class_display_name(result.label) in result.note and f"({result.label})" in result.note
