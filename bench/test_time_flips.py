@@ -7,7 +7,8 @@ For every saved model: test balanced accuracy, macro AUC and ECE with its saved 
 from the original image alone and from the probabilities averaged over the original and its horizontal flip (what the
 app's test-time augmentation does, over two views instead of eight), with the metadata as recorded and with nothing
 recorded. Then one decision rule beside the saved one: per-class offsets fitted on validation by coordinate ascent on
-balanced accuracy (the saved rule has one strength for all classes).
+balanced accuracy (the saved rule has one strength for all classes). With several fusion models, their ensemble too
+(probabilities averaged, then calibrated and adjusted on validation as train.py does for one model).
 
 The models must share their frozen early stages (the preset's runs do): those run once per image and view through
 the library's feature cache, and each model's own later stages run on the cached maps. Writes OUT.json and OUT.md.
@@ -69,7 +70,9 @@ def main() -> None:
     from skin_fusion.data.loading import load_lesion_dataset
     from skin_fusion.evaluation.metrics import balanced_accuracy, expected_calibration_error
     from skin_fusion.threads import configure_torch_threads
+    from skin_fusion.training.calibration import fit_decision_offsets, fit_temperature
     from skin_fusion.weights.backbone_weights import load_backbone_weights
+    from scipy.special import log_softmax, softmax
     from sklearn.metrics import roc_auc_score
 
     from bench.machine_info import machine_info
@@ -106,29 +109,50 @@ def main() -> None:
         return torch.cat(logits).softmax(-1).double().numpy()
 
     labels = {split: inputs[split, "original"]["labels"] for split in ("validation", "test")}
-    results = []
-    for run, model in zip(args.runs, models):
-        offsets = np.asarray(model.config.decision_offsets or [0.0] * model.config.num_labels)
-        per_class = fit_per_class_offsets(np.log(probabilities(model, "validation", "original", True)),
-                                          labels["validation"], offsets)
-        name = f"{run.parent.name}/{run.name}" if run.name == "image-only" else run.name
-        figures: dict[str, Any] = {"run": name, "modality": model.config.modality}
+
+    def readings(test: dict[tuple[bool, str], np.ndarray], offsets: np.ndarray, per_class: np.ndarray) -> dict:
+        """Test figures for each metadata way and view set, from the probabilities of every (recorded, view)."""
+        figures = {}
         for recorded in (True, False):
-            if not recorded and not model.config.uses_metadata:
+            if (recorded, "original") not in test:
                 continue
             way = "recorded" if recorded else "nothing recorded"
-            by_view = {view: probabilities(model, "test", view, recorded) for view in ("original", "hflip")}
-            for name, views in VIEW_SETS.items():
-                p = np.mean([by_view[view] for view in views], axis=0)
-                figures[f"{way}, {name}"] = {
+            for view_set, views in VIEW_SETS.items():
+                p = np.mean([test[recorded, view] for view in views], axis=0)
+                figures[f"{way}, {view_set}"] = {
                     "balanced_accuracy": balanced_accuracy(labels["test"], (np.log(p) + offsets).argmax(1)),
                     "macro_auc": float(roc_auc_score(labels["test"], p, multi_class="ovr", average="macro")),
                     "ece": float(expected_calibration_error(p, labels["test"])),
                     "balanced_accuracy_per_class_offsets": balanced_accuracy(
                         labels["test"], (np.log(p) + per_class).argmax(1)),
                 }
-        results.append(figures)
-        print(name, json.dumps({k: v for k, v in figures.items() if isinstance(v, dict)}), flush=True)
+        return figures
+
+    results, fusion = [], []
+    for run, model in zip(args.runs, models):
+        offsets = np.asarray(model.config.decision_offsets or [0.0] * model.config.num_labels)
+        validation = probabilities(model, "validation", "original", True)
+        per_class = fit_per_class_offsets(np.log(validation), labels["validation"], offsets)
+        ways = (True, False) if model.config.uses_metadata else (True,)
+        test = {(recorded, view): probabilities(model, "test", view, recorded)
+                for recorded in ways for view in ("original", "hflip")}
+        name = f"{run.parent.name}/{run.name}" if run.name == "image-only" else run.name
+        results.append({"run": name, "modality": model.config.modality, **readings(test, offsets, per_class)})
+        if model.config.modality == "fusion":
+            fusion.append((validation, test))
+        print(name, json.dumps(results[-1]), flush=True)
+    if len(fusion) > 1:
+        # The fusion models' averaged probabilities, calibrated and adjusted on validation as train.py does one model.
+        log_validation = np.log(np.mean([validation for validation, _ in fusion], axis=0))
+        temperature = fit_temperature(log_validation, labels["validation"])
+        prior = np.bincount(np.asarray(lesions.splits["train"]["label"]), minlength=len(lesions.label_names)) + 1.0
+        offsets, _ = fit_decision_offsets(log_validation / temperature, labels["validation"], prior)
+        calibrated = log_softmax(log_validation / temperature, axis=1)
+        per_class = fit_per_class_offsets(calibrated, labels["validation"], offsets)
+        test = {key: softmax(np.log(np.mean([t[key] for _, t in fusion], axis=0)) / temperature, axis=1)
+                for key in fusion[0][1]}
+        results.append({"run": f"ensemble of {len(fusion)}", "modality": "fusion ensemble",
+                        **readings(test, np.asarray(offsets), per_class)})
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {**machine_info(), "seconds": round(time.perf_counter() - started, 1), "shared_stages": stage}
