@@ -215,10 +215,10 @@ def scores(logits: np.ndarray, labels: np.ndarray, offsets: list[float] | None) 
 
 def evaluate_recipe(recipe: Recipe, seed: int, folder: Path) -> dict[str, Any]:
     """Fusion (scored with metadata and with nothing recorded) and image-only heads of one recipe and seed."""
-    from skin_fusion.training.calibration import fit_decision_offsets, fit_temperature
+    from skin_fusion.training.calibration import class_prior, fit_decision_offsets, fit_temperature
 
     facts, processor, train, validation, test = load_arrays(folder, recipe.views)
-    prior = np.bincount(train.labels, minlength=len(facts["label_names"])) + 1.0
+    prior = class_prior(train.labels, len(facts["label_names"]))
     empty_row = processor.encode_metadata([{}]).numpy()[0]
     result: dict[str, Any] = {"recipe": recipe.name, "seed": seed}
     started = time.perf_counter()

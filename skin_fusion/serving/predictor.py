@@ -114,7 +114,7 @@ class ModelCardSummary:
     note: str | None = None
 
     def to_markdown(self) -> str:
-        paragraphs = [f"**Classes:** {', '.join(self.classes)}"]
+        paragraphs = [f"**Classes:** {', '.join(map(class_display_name, self.classes))}"]
         if self.note:
             paragraphs.append(f"_{self.note}_")
         if self.synthetic:
@@ -444,8 +444,9 @@ class SkinFusionPredictor:
         result.heatmap[box[1]:box[3], box[0]:box[2]] = np.clip(crop_heatmap, 0.0, 1.0)
         result.overlay = rgb.copy()
         result.overlay.paste(overlay_heatmap(rgb.crop(box), crop_heatmap), box[:2])
-        explained = class_display_name(self.labels[cam.class_index])
-        if self.labels[cam.class_index] != result.label:  # possible with TTA: Grad-CAM explains the un-augmented view
+        explained_label = self.labels[cam.class_index]
+        explained = class_display_name(explained_label)
+        if explained_label != result.label:  # possible with TTA: Grad-CAM explains the un-augmented view
             explained += (f" (the un-augmented view's decision; with TTA the decision is "
                           f"{class_display_name(result.label)})")
         result.explanation = f"Grad-CAM for {explained}: warm colours mark the regions that raised its score most."

@@ -55,6 +55,12 @@ def fit_temperature(
     return float(math.exp(result.x))
 
 
+def class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Training-split class counts plus one (no class gets a zero prior), the `class_prior` of
+    `fit_decision_offsets`."""
+    return np.bincount(np.asarray(labels), minlength=num_classes) + 1.0
+
+
 def fit_decision_offsets(
     logits: torch.Tensor | np.ndarray,
     labels: torch.Tensor | np.ndarray,

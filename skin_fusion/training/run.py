@@ -38,7 +38,7 @@ from ..reports.model_card import ModelCardFacts, render_model_card, save_card_fa
 from ..threads import configure_torch_threads
 from ..weights.backbone_weights import load_backbone_weights
 from .arguments import DataArguments, ModelArguments, SkinFusionTrainingArguments
-from .calibration import fit_decision_offsets, fit_temperature
+from .calibration import class_prior, fit_decision_offsets, fit_temperature
 from .checkpoints import last_complete_checkpoint
 from .hub import push_model_directory
 from .trainer import BackboneFreezeCallback, BestWeightsInMemoryCallback, SkinFusionTrainer
@@ -263,7 +263,7 @@ def run_training(
     # class-weighted loss alone leaves rare classes under-predicted. The probabilities stay calibrated.
     decision_strength = 0.0
     if args.tune_decisions:
-        prior = np.bincount(np.asarray(lesions.splits["train"]["label"]), minlength=len(lesions.label_names)) + 1.0
+        prior = class_prior(lesions.splits["train"]["label"], len(lesions.label_names))
         model.config.decision_offsets, decision_strength = fit_decision_offsets(
             validation_logits / temperature, validation_labels, prior)
     offsets = model.config.decision_offsets

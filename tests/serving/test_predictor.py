@@ -12,6 +12,7 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 from skin_fusion import MetadataError
 from skin_fusion.reports.model_card import ModelCardFacts, save_card_facts
 from skin_fusion.serving.predictor import (
+    ModelCardSummary,
     ModelNotFoundError,
     SkinFusionPredictor,
     centre_crop_box,
@@ -296,3 +297,9 @@ def test_plain_predictions_run_a_folded_copy_that_gives_the_models_probabilities
     plain = predictor.predict(image, {})
     for name, probability in plain.probabilities.items():
         assert probability == pytest.approx(explained.probabilities[name], abs=1e-5)
+
+
+def test_the_card_summary_names_known_classes_for_people():
+    summary = ModelCardSummary(["mel", "nv", "my clinic's class"]).to_markdown()
+
+    assert "**Classes:** melanoma (mel), melanocytic nevus (nv), my clinic's class" in summary

@@ -7,7 +7,7 @@ import torch
 from scipy.special import log_softmax, softmax
 
 from skin_fusion.evaluation.metrics import expected_calibration_error, negative_log_likelihood
-from skin_fusion.training.calibration import TEMPERATURE_BOUNDS, fit_temperature
+from skin_fusion.training.calibration import TEMPERATURE_BOUNDS, class_prior, fit_temperature
 
 NUM_CLASSES = 5
 
@@ -118,3 +118,7 @@ def test_decision_offsets_stay_zero_when_the_plain_arg_max_is_already_balanced()
     logits = np.eye(2)[labels] * 4.0
     offsets, tau = fit_decision_offsets(logits, labels, np.array([90, 10]))
     assert tau == 0 and offsets == [0.0, 0.0]
+
+
+def test_class_prior_counts_every_class_plus_one_so_none_is_zero():
+    assert class_prior(np.array([0, 0, 2]), 4).tolist() == [3.0, 1.0, 2.0, 1.0]
