@@ -1,17 +1,20 @@
-"""Test-time flips and decision rules of trained HAM10000 models, on the lesion-grouped test split they were scored on.
+"""Test-time flips, decision rules and an ensemble of trained HAM10000 models, on the lesion-grouped test split they
+were scored on.
 
-    python bench/test_time_flips.py RUN_DIR [RUN_DIR ...] [--data ../shared/data/ham10000] [--split_seed 42]
+    python -m bench.test_time_flips RUN_DIR [RUN_DIR ...] [--data ../shared/data/ham10000] [--split_seed 42]
         [--out bench/results/test_time_flips]
 
-For every saved model: test balanced accuracy, macro AUC and ECE with its saved temperature and decision offsets,
-from the original image alone and from the probabilities averaged over the original and its horizontal flip (what the
-app's test-time augmentation does, over two views instead of eight), with the metadata as recorded and with nothing
-recorded. Then one decision rule beside the saved one: per-class offsets fitted on validation by coordinate ascent on
-balanced accuracy (the saved rule has one strength for all classes). With several fusion models, their ensemble too
-(probabilities averaged, then calibrated and adjusted on validation as train.py does for one model).
+For every saved model: test balanced accuracy, macro AUC and ECE with its saved temperature and decision offsets
+(fitted by train.py on validation, single view, metadata as recorded: what the app applies to every request), from the
+original image alone and from the probabilities averaged over the original and its horizontal flip (the app's
+test-time augmentation averages eight rotations and flips), with the metadata as recorded and with nothing recorded.
+Beside the saved rule: per-class offsets fitted on validation by coordinate ascent on balanced accuracy (the saved
+rule has one strength for all classes). With several fusion models, their ensemble too (probabilities averaged, then
+calibrated and adjusted on validation as train.py does for one model).
 
 The models must share their frozen early stages (the preset's runs do): those run once per image and view through
-the library's feature cache, and each model's own later stages run on the cached maps. Writes OUT.json and OUT.md.
+the library's feature cache, and each model's own later stages run on the cached maps. Every run must have been
+trained on the split given here (checked against its card_facts.json). Writes OUT.json and OUT.md.
 """
 
 from __future__ import annotations
@@ -24,59 +27,149 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import log_softmax, softmax
+from sklearn.metrics import roc_auc_score
 
+from bench.machine_info import machine_info
 from bench.seed_summary import mean_sd
+from skin_fusion import SkinFusionForImageClassification, SkinFusionProcessor
+from skin_fusion.data.feature_cache import FEATURE_MAPS_COLUMN, add_image_features, cached_inputs, withhold_metadata
+from skin_fusion.data.loading import LesionDataset, load_lesion_dataset
+from skin_fusion.evaluation.metrics import balanced_accuracy, expected_calibration_error
+from skin_fusion.modeling.modeling_skin_fusion import predicted_classes
+from skin_fusion.threads import configure_torch_threads
+from skin_fusion.training.calibration import class_prior, fit_decision_offsets, fit_temperature
+from skin_fusion.weights.backbone_weights import load_backbone_weights
 
 REPO = Path(__file__).resolve().parents[1]
 VIEW_SETS = {"original": ("original",), "original + hflip": ("original", "hflip")}
-OFFSET_GRID = np.arange(-3.0, 3.01, 0.25)
+OFFSET_STEPS = np.arange(-3.0, 3.01, 0.25)
+BATCH_SIZE = 128
+
+Probabilities = dict[tuple[bool, str], np.ndarray]  # (metadata recorded?, view) -> test probabilities
 
 
-def first_trained_stage(models: list, reference) -> int:
-    """The first backbone stage whose weights differ from the ImageNet `reference` in any of `models`; raises if the
+def check_split(run: Path, lesions: LesionDataset, split_seed: int) -> None:
+    """Raise unless `run` was trained on this split (its split seed and split sizes), so no test image was seen."""
+    facts = json.loads((run / "card_facts.json").read_text())
+    sizes = {name: len(split) for name, split in lesions.splits.items()}
+    if facts["training"].get("split_seed") != split_seed or facts["split_sizes"] != sizes:
+        raise ValueError(f"{run} was trained on split seed {facts['training'].get('split_seed')} with splits "
+                         f"{facts['split_sizes']}, not split seed {split_seed} with {sizes}: its test figures here "
+                         "would include images it trained on. Pass its --split_seed, --validation_size and "
+                         "--test_size.")
+
+
+def first_trained_stage(models: list[SkinFusionForImageClassification],
+                        reference: SkinFusionForImageClassification) -> int:
+    """The first backbone stage whose weights differ from the ImageNet `reference` in any of `models`; raises if a
     stem differs (nothing could be shared)."""
-    stages = []
+    def same(module: torch.nn.Module, other: torch.nn.Module) -> bool:
+        return all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), other.state_dict().values()))
+
+    fresh, stages = reference.skin_fusion.backbone, []
     for model in models:
-        backbone, fresh = model.skin_fusion.backbone, reference.skin_fusion.backbone
-        same = [all(torch.equal(a, b) for a, b in zip(block.state_dict().values(), fresh_block.state_dict().values()))
-                for block, fresh_block in zip(backbone.blocks, fresh.blocks)]
-        if not all(torch.equal(a, b) for a, b in zip(backbone.conv_stem.state_dict().values(),
-                                                     fresh.conv_stem.state_dict().values())):
+        backbone = model.skin_fusion.backbone
+        if not same(backbone.conv_stem, fresh.conv_stem):
             raise ValueError(f"{model.name_or_path}: its stem was trained, so no stage can be shared; this bench "
                              "compares models whose early stages stayed frozen (e.g. --preset ham10000 runs).")
-        stages.append(same.index(False) if False in same else len(same))
+        frozen = [same(block, fresh_block) for block, fresh_block in zip(backbone.blocks, fresh.blocks)]
+        stages.append(frozen.index(False) if False in frozen else len(frozen))
     return min(stages)
 
 
-def fit_per_class_offsets(log_probabilities: np.ndarray, labels: np.ndarray, start: list[float],
+def fit_per_class_offsets(log_probabilities: np.ndarray, labels: np.ndarray, start: np.ndarray,
                           rounds: int = 3) -> np.ndarray:
-    """Offsets moved one class at a time over `OFFSET_GRID` around `start`, keeping each move that raises balanced
-    accuracy on (`log_probabilities`, `labels`)."""
-    from skin_fusion.evaluation.metrics import balanced_accuracy
+    """Offsets moved one class at a time to `start[c] + step` for each step of `OFFSET_STEPS`, keeping a move only
+    when it raises balanced accuracy on (`log_probabilities`, `labels`)."""
+    log_probabilities = torch.from_numpy(log_probabilities)
 
-    start = np.asarray(start, dtype=np.float64)
-    offsets = start.copy()
+    def score(offsets: np.ndarray) -> float:
+        return balanced_accuracy(labels, predicted_classes(log_probabilities, offsets.tolist()).numpy())
+
+    offsets = np.asarray(start, dtype=np.float64).copy()
+    best = score(offsets)
     for _ in range(rounds):
         for c in range(len(offsets)):
-            candidates = [np.concatenate([offsets[:c], [start[c] + step], offsets[c + 1:]]) for step in OFFSET_GRID]
-            scores = [balanced_accuracy(labels, (log_probabilities + o).argmax(1)) for o in candidates]
-            offsets = candidates[int(np.argmax(scores))]
+            for step in OFFSET_STEPS:
+                candidate = offsets.copy()
+                candidate[c] = start[c] + step
+                if (candidate_score := score(candidate)) > best:
+                    offsets, best = candidate, candidate_score
     return offsets
 
 
+def model_probabilities(model: SkinFusionForImageClassification, rows: dict[str, np.ndarray],
+                        stage: int) -> np.ndarray:
+    """Calibrated class probabilities of `model` on cached `rows` (maps entering `stage`, encoded metadata)."""
+    model.skin_fusion.feature_map_stage = stage
+    with torch.inference_mode():
+        logits = [model(feature_maps=torch.from_numpy(rows[FEATURE_MAPS_COLUMN][s:s + BATCH_SIZE]).float(),
+                        metadata=torch.from_numpy(rows["metadata"][s:s + BATCH_SIZE]).float()).logits
+                  for s in range(0, len(rows["labels"]), BATCH_SIZE)]
+    return torch.cat(logits).softmax(-1).double().numpy()
+
+
+def readings(test: Probabilities, labels: np.ndarray, offsets: np.ndarray, per_class: np.ndarray) -> dict[str, Any]:
+    """Test figures for each metadata way and view set present in `test`."""
+    def decided(p: np.ndarray, rule: np.ndarray) -> np.ndarray:
+        return predicted_classes(torch.from_numpy(np.log(p)), rule.tolist()).numpy()
+
+    figures = {}
+    for recorded in (True, False):
+        if (recorded, "original") not in test:
+            continue
+        way = "recorded" if recorded else "nothing recorded"
+        for view_set, views in VIEW_SETS.items():
+            p = np.mean([test[recorded, view] for view in views], axis=0)
+            figures[f"{way}, {view_set}"] = {
+                "balanced_accuracy": balanced_accuracy(labels, decided(p, offsets)),
+                "macro_auc": float(roc_auc_score(labels, p, multi_class="ovr", average="macro")),
+                "ece": float(expected_calibration_error(p, labels)),
+                "balanced_accuracy_per_class_offsets": balanced_accuracy(labels, decided(p, per_class)),
+            }
+    return figures
+
+
+def ensemble_readings(fusion: list[tuple[np.ndarray, Probabilities]], labels: dict[str, np.ndarray],
+                      prior: np.ndarray) -> dict[str, Any]:
+    """The fusion models' averaged probabilities, calibrated and adjusted on validation as train.py does one model."""
+    log_validation = np.log(np.mean([validation for validation, _ in fusion], axis=0))
+    temperature = fit_temperature(log_validation, labels["validation"])
+    offsets, _ = fit_decision_offsets(log_validation / temperature, labels["validation"], prior)
+    offsets = np.asarray(offsets)
+    per_class = fit_per_class_offsets(log_softmax(log_validation / temperature, axis=1), labels["validation"], offsets)
+    test = {key: softmax(np.log(np.mean([t[key] for _, t in fusion], axis=0)) / temperature, axis=1)
+            for key in fusion[0][1]}
+    return readings(test, labels["test"], offsets, per_class)
+
+
+def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    """Mean ± sd per modality and way, then every run."""
+    lines = [f"Test split; {machine['cpu']}, {machine['logical_cpus']} CPUs, torch {machine['torch']}, "
+             f"{machine['date']}; {machine['seconds']:.0f} s.", "",
+             "| model | inputs | views | balanced accuracy | macro AUC | ECE | BACC, per-class offsets | runs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for modality in dict.fromkeys(r["modality"] for r in results):
+        group = [r for r in results if r["modality"] == modality]
+        for key in [k for k, v in group[0].items() if isinstance(v, dict)]:
+            way, views = key.split(", ", 1)
+            inputs = way if modality != "image" else "image only"
+            figures = [r[key] for r in group]
+            lines.append(f"| {modality} | {inputs} | {views} | " + " | ".join(
+                mean_sd([f[m] for f in figures]) for m in ("balanced_accuracy", "macro_auc", "ece",
+                                                           "balanced_accuracy_per_class_offsets"))
+                + f" | {len(group)} |")
+    keys = [f"{way}, {views}" for way in ("recorded", "nothing recorded") for views in VIEW_SETS]
+    lines += ["", "Balanced accuracy of every run:", "", "| run | " + " | ".join(keys) + " |",
+              "|---|" + "---|" * len(keys)]
+    for r in results:
+        lines.append(f"| {r['run']} | " + " | ".join(f"{r[k]['balanced_accuracy']:.3f}" if k in r else "—"
+                                                     for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
-    from skin_fusion import SkinFusionForImageClassification, SkinFusionProcessor
-    from skin_fusion.data.feature_cache import FEATURE_MAPS_COLUMN, add_image_features, cached_inputs, withhold_metadata
-    from skin_fusion.data.loading import load_lesion_dataset
-    from skin_fusion.evaluation.metrics import balanced_accuracy, expected_calibration_error
-    from skin_fusion.threads import configure_torch_threads
-    from skin_fusion.training.calibration import fit_decision_offsets, fit_temperature
-    from skin_fusion.weights.backbone_weights import load_backbone_weights
-    from scipy.special import log_softmax, softmax
-    from sklearn.metrics import roc_auc_score
-
-    from bench.machine_info import machine_info
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="saved model folders trained on the same split")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ham10000")
@@ -90,6 +183,8 @@ def main() -> None:
 
     lesions = load_lesion_dataset(str(args.data), validation_size=args.validation_size, test_size=args.test_size,
                                   seed=args.split_seed)
+    for run in args.runs:
+        check_split(run, lesions, args.split_seed)
     models = [SkinFusionForImageClassification.from_pretrained(run).eval() for run in args.runs]
     processor = SkinFusionProcessor.from_pretrained(args.runs[0])
     reference = SkinFusionForImageClassification(models[0].config)
@@ -97,91 +192,34 @@ def main() -> None:
     stage = first_trained_stage(models, reference)
     inputs = {(split, view): cached_inputs(add_image_features(lesions.splits[split], reference.skin_fusion.backbone,
                                                               processor, view=view, stage=stage), processor, True, True)
-              for split in ("validation", "test") for view in ("original", "hflip")}
-
-    def probabilities(model, split: str, view: str, recorded: bool) -> np.ndarray:
-        rows = inputs[split, view] if recorded else withhold_metadata(inputs[split, view], processor)
-        model.skin_fusion.feature_map_stage = stage
-        with torch.inference_mode():
-            logits = [model(feature_maps=torch.from_numpy(rows[FEATURE_MAPS_COLUMN][s:s + 128]).float(),
-                            metadata=torch.from_numpy(rows["metadata"][s:s + 128]).float()).logits
-                      for s in range(0, len(rows["labels"]), 128)]
-        return torch.cat(logits).softmax(-1).double().numpy()
-
+              for split, view in (("validation", "original"), ("test", "original"), ("test", "hflip"))}
     labels = {split: inputs[split, "original"]["labels"] for split in ("validation", "test")}
-
-    def readings(test: dict[tuple[bool, str], np.ndarray], offsets: np.ndarray, per_class: np.ndarray) -> dict:
-        """Test figures for each metadata way and view set, from the probabilities of every (recorded, view)."""
-        figures = {}
-        for recorded in (True, False):
-            if (recorded, "original") not in test:
-                continue
-            way = "recorded" if recorded else "nothing recorded"
-            for view_set, views in VIEW_SETS.items():
-                p = np.mean([test[recorded, view] for view in views], axis=0)
-                figures[f"{way}, {view_set}"] = {
-                    "balanced_accuracy": balanced_accuracy(labels["test"], (np.log(p) + offsets).argmax(1)),
-                    "macro_auc": float(roc_auc_score(labels["test"], p, multi_class="ovr", average="macro")),
-                    "ece": float(expected_calibration_error(p, labels["test"])),
-                    "balanced_accuracy_per_class_offsets": balanced_accuracy(
-                        labels["test"], (np.log(p) + per_class).argmax(1)),
-                }
-        return figures
 
     results, fusion = [], []
     for run, model in zip(args.runs, models):
         offsets = np.asarray(model.config.decision_offsets or [0.0] * model.config.num_labels)
-        validation = probabilities(model, "validation", "original", True)
+        validation = model_probabilities(model, inputs["validation", "original"], stage)
         per_class = fit_per_class_offsets(np.log(validation), labels["validation"], offsets)
-        ways = (True, False) if model.config.uses_metadata else (True,)
-        test = {(recorded, view): probabilities(model, "test", view, recorded)
-                for recorded in ways for view in ("original", "hflip")}
+        test = {(recorded, view): model_probabilities(
+                    model, inputs["test", view] if recorded else withhold_metadata(inputs["test", view], processor),
+                    stage)
+                for recorded in ((True, False) if model.config.uses_metadata else (True,))
+                for view in ("original", "hflip")}
         name = f"{run.parent.name}/{run.name}" if run.name == "image-only" else run.name
-        results.append({"run": name, "modality": model.config.modality, **readings(test, offsets, per_class)})
+        results.append({"run": name, "modality": model.config.modality,
+                        **readings(test, labels["test"], offsets, per_class)})
         if model.config.modality == "fusion":
             fusion.append((validation, test))
         print(name, json.dumps(results[-1]), flush=True)
     if len(fusion) > 1:
-        # The fusion models' averaged probabilities, calibrated and adjusted on validation as train.py does one model.
-        log_validation = np.log(np.mean([validation for validation, _ in fusion], axis=0))
-        temperature = fit_temperature(log_validation, labels["validation"])
-        prior = np.bincount(np.asarray(lesions.splits["train"]["label"]), minlength=len(lesions.label_names)) + 1.0
-        offsets, _ = fit_decision_offsets(log_validation / temperature, labels["validation"], prior)
-        calibrated = log_softmax(log_validation / temperature, axis=1)
-        per_class = fit_per_class_offsets(calibrated, labels["validation"], offsets)
-        test = {key: softmax(np.log(np.mean([t[key] for _, t in fusion], axis=0)) / temperature, axis=1)
-                for key in fusion[0][1]}
+        prior = class_prior(lesions.splits["train"]["label"], len(lesions.label_names))
         results.append({"run": f"ensemble of {len(fusion)}", "modality": "fusion ensemble",
-                        **readings(test, np.asarray(offsets), per_class)})
+                        **ensemble_readings(fusion, labels, prior)})
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {**machine_info(), "seconds": round(time.perf_counter() - started, 1), "shared_stages": stage}
     args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "runs": results}, indent=2))
     args.out.with_suffix(".md").write_text(markdown(results, machine))
-
-
-def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
-    """Mean ± sd per modality and way, then every run."""
-    lines = [f"Test split; {machine['cpu']}, {machine['logical_cpus']} CPUs, torch {machine['torch']}, "
-             f"{machine['date']}; {machine['seconds']:.0f} s.", "",
-             "| model | inputs | views | balanced accuracy | macro AUC | ECE | BACC, per-class offsets | runs |",
-             "|---|---|---|---|---|---|---|---|"]
-    for modality in dict.fromkeys(r["modality"] for r in results):
-        group = [r for r in results if r["modality"] == modality]
-        for key in [k for k, v in group[0].items() if isinstance(v, dict)]:
-            way, views = key.split(", ", 1)
-            figures = [r[key] for r in group]
-            inputs = way if modality != "image" else "image only"
-            lines.append(f"| {modality} | {inputs} | {views} | " + " | ".join(
-                mean_sd([f[m] for f in figures]) for m in ("balanced_accuracy", "macro_auc", "ece",
-                                                        "balanced_accuracy_per_class_offsets")) + f" | {len(group)} |")
-    keys = [f"{way}, {views}" for way in ("recorded", "nothing recorded") for views in VIEW_SETS]
-    lines += ["", "Balanced accuracy of every run:", "", "| run | " + " | ".join(keys) + " |",
-              "|---|" + "---|" * len(keys)]
-    for r in results:
-        lines.append(f"| {r['run']} | " + " | ".join(f"{r[k]['balanced_accuracy']:.3f}" if k in r else "—"
-                                                     for k in keys) + " |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
