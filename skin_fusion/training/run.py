@@ -99,10 +99,22 @@ def check_feature_caching(modality: str, args: SkinFusionTrainingArguments) -> b
     return True
 
 
+def trains_last_stages(args: SkinFusionTrainingArguments) -> bool:
+    """Whether the backbone's last `unfreeze_last_blocks` stages learn in this run (else it stays frozen throughout)."""
+    return args.unfreeze_last_blocks > 0 and args.freeze_epochs < args.num_train_epochs
+
+
+def keeps_best_weights_in_memory(args: SkinFusionTrainingArguments, cached: bool) -> bool:
+    """Heads on cached pooled features: an epoch takes under a second, less than writing a checkpoint of the whole
+    model, so such a run keeps its best weights in memory and writes no checkpoint. A run whose last stages learn on
+    cached maps takes tens of minutes: it checkpoints like a run on pixels, so it can resume."""
+    return cached and not trains_last_stages(args)
+
+
 def feature_map_stage(model: SkinFusionForImageClassification, args: SkinFusionTrainingArguments) -> int | None:
     """The backbone stage whose input maps a cached run stores (its last `unfreeze_last_blocks` stages train on
     them), or `None` when the cache holds pooled features. Raises if the backbone cannot be cut there."""
-    if args.unfreeze_last_blocks == 0 or args.freeze_epochs >= args.num_train_epochs:
+    if not trains_last_stages(args):
         return None
     backbone = model.skin_fusion.backbone
     stage = len(getattr(backbone, "blocks", ())) - args.unfreeze_last_blocks
@@ -167,10 +179,8 @@ def trainer_arguments(
     }
     if config.uses_image and args.freeze_epochs > 0 and args.world_size > 1:
         changes["ddp_find_unused_parameters"] = True  # the frozen backbone gets no gradient in the first epochs
-    if cached:
-        # Heads on cached features: an epoch costs less than a checkpoint of the whole model, and a run takes
-        # seconds, so the best weights are kept in memory (BestWeightsInMemoryCallback) instead of on disk.
-        changes.update(save_strategy="no", load_best_model_at_end=False)
+    if keeps_best_weights_in_memory(args, cached):
+        changes.update(save_strategy="no", load_best_model_at_end=False)  # BestWeightsInMemoryCallback instead
     return dataclasses.replace(args, **changes)
 
 
@@ -180,11 +190,12 @@ def build_trainer(
     train_sample_weights: np.ndarray | None = None,
 ) -> SkinFusionTrainer:
     """The Trainer of one run, with its callbacks: backbone freezing, early stopping, and for runs on cached features
-    the best weights kept in memory. `args` are the run's (see `trainer_arguments`)."""
+    heads on cached pooled features their best weights kept in memory. `args` are the run's (see
+    `trainer_arguments`)."""
     callbacks: list[Any] = []
     if model.config.uses_image and args.freeze_epochs > 0:
         callbacks.append(BackboneFreezeCallback(args.freeze_epochs))
-    if cached:
+    if keeps_best_weights_in_memory(args, cached):
         callbacks.append(BestWeightsInMemoryCallback())
     if args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))

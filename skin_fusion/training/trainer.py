@@ -70,9 +70,8 @@ class BackboneFreezeCallback(TrainerCallback):
 class BestWeightsInMemoryCallback(TrainerCallback):
     """Keeps the weights of the best evaluation so far in memory and restores them when training ends.
 
-    For heads trained on cached features an epoch takes well under a second, less than writing a checkpoint of the
-    whole model (backbone included) to disk; such runs need no resuming, so they keep their best weights here instead
-    of in checkpoints (`save_strategy="no"`).
+    For heads on cached pooled features (the backbone frozen throughout: shared, not copied); see
+    `keeps_best_weights_in_memory` in run.py.
     """
 
     def __init__(self) -> None:
@@ -87,11 +86,8 @@ class BestWeightsInMemoryCallback(TrainerCallback):
                                               else value < self.best_metric)
         if better:
             self.best_metric = value
-            # A backbone frozen throughout is shared, not copied; one whose last stages train on cached feature maps
-            # is copied with its batch-norm statistics (state_dict holds the buffers too).
-            trains_backbone = model.skin_fusion.feature_map_stage is not None
             self.best_state = {name: value.detach().clone() for name, value in model.state_dict().items()
-                               if trains_backbone or not name.startswith("skin_fusion.backbone.")}
+                               if not name.startswith("skin_fusion.backbone.")}
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if model is not None and self.best_state is not None:

@@ -1,4 +1,5 @@
-"""train.py as users run it: killed with SIGKILL and resumed, and under `accelerate launch` with two processes."""
+"""train.py as users run it: killed with SIGKILL and resumed (on pixels and on cached maps), and under
+`accelerate launch` with two processes."""
 
 from __future__ import annotations
 
@@ -38,13 +39,19 @@ def report(output_dir: Path) -> dict:
     return json.loads((output_dir / "training_report.json").read_text())
 
 
-def test_a_run_killed_mid_training_resumes_to_the_same_result(lesion_folder, tmp_path):
-    reference = subprocess.run(train_command(lesion_folder, tmp_path / "reference"), env=environment(),
+# The last two stages of a small EfficientNet learning on cached maps of the earlier ones (the shipped preset's kind).
+LAST_STAGES_ON_CACHED_MAPS = ["--backbone", "test_efficientnet", "--cache_image_features", "True",
+                              "--unfreeze_last_blocks", "2", "--freeze_epochs", "0", "--compare_image_only", "False"]
+
+
+@pytest.mark.parametrize("recipe", [[], LAST_STAGES_ON_CACHED_MAPS], ids=["pixels", "last-stages-on-cached-maps"])
+def test_a_run_killed_mid_training_resumes_to_the_same_result(lesion_folder, tmp_path, recipe):
+    reference = subprocess.run(train_command(lesion_folder, tmp_path / "reference", *recipe), env=environment(),
                                capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(train_command(lesion_folder, killed_dir), env=environment(),
+    process = subprocess.Popen(train_command(lesion_folder, killed_dir, *recipe), env=environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while last_complete_checkpoint(killed_dir) is None and time.monotonic() < deadline:
@@ -54,8 +61,8 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(lesion_folder, tmp
     assert last_complete_checkpoint(killed_dir) is not None, "no checkpoint before the deadline"
     assert not (killed_dir / "training_report.json").exists(), "the run finished before it could be killed"
 
-    resumed = subprocess.run(train_command(lesion_folder, killed_dir), env=environment(), capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(train_command(lesion_folder, killed_dir, *recipe), env=environment(),
+                             capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stderr
     expected, actual = report(tmp_path / "reference"), report(killed_dir)
