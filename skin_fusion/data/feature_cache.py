@@ -3,8 +3,11 @@
 While the backbone is frozen, every epoch would run it again on the same images. `add_image_features` runs it once
 per image (eval mode, inference mode, channels-last, batches of evaluation-transformed images) and stores the pooled
 features (`forward_head(..., pre_logits=True)`) in the column `image_features` with `Dataset.map`. The map's
-fingerprint is made from the split's fingerprint, the backbone's weights, the image settings and the view, so a second
-run on the same data reads `datasets`' Arrow cache instead of running the backbone.
+fingerprint is made from the split's content (every column, and the bytes of the image files it names), the backbone's
+weights, the image settings and the view, and the map is written to `feature_cache_dir()/<fingerprint>.arrow`, so a
+second run on the same data reads that Arrow file instead of running the backbone, even after the image files were
+copied in again (`datasets`' own fingerprint of a local folder follows the files' modification times, and its cache
+folder with it).
 
 The model then takes `image_features=` instead of `pixel_values=`; its head sees exactly what it would have seen
 from pixels, so a model trained on cached features is a complete SkinFusion model that serves images.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -43,6 +47,7 @@ FEATURE_MAPS_COLUMN = "feature_maps"
 # reversed). A lesion has no canonical orientation, so each view is another valid training row for a frozen backbone.
 VIEWS: dict[str, tuple[int, ...]] = {"original": (), "hflip": (-1,), "vflip": (-2,), "rot180": (-2, -1)}
 CACHE_VERSION = 1  # bump when the extraction changes, so old cache files are not reused
+FEATURE_CACHE_FOLDER = "skin_fusion_features"  # under `datasets`' cache folder (HF_DATASETS_CACHE)
 
 
 def check_views(views: list[str]) -> list[str]:
@@ -81,14 +86,33 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def split_content_digest(split: datasets.Dataset) -> str:
+    """A SHA-256 of `split`'s rows as stored (every column; for images stored as paths, the paths and the bytes of
+    the files). Unlike `split._fingerprint`, it stays the same when the same files are written again."""
+    rows = split.with_format("arrow")[:]
+    digest = hashlib.sha256(Hasher.hash(rows.drop_columns(["image"]).to_pydict()).encode())
+    for image in rows.column("image").to_pylist():
+        stored = image.get("bytes") if isinstance(image, dict) else None
+        path = image.get("path") if isinstance(image, dict) else None
+        digest.update(str(path).encode())
+        digest.update(stored if stored is not None else Path(path).read_bytes())
+    return digest.hexdigest()
+
+
 def features_fingerprint(split: datasets.Dataset, backbone: nn.Module, processor: SkinFusionProcessor,
                          view: str, stage: int | None = None) -> str:
     """The `datasets` fingerprint of `split` with cached features: changes with the data, weights, transform, view
     and stage."""
     image_settings = {key: getattr(processor, key) for key in
                       ("image_size", "resize_size", "interpolation", "image_mean", "image_std")}
-    return Hasher.hash([split._fingerprint, type(backbone).__name__, weights_digest(backbone), image_settings, view,
-                        stage, CACHE_VERSION])
+    return Hasher.hash([split_content_digest(split), type(backbone).__name__, weights_digest(backbone),
+                        image_settings, view, stage, CACHE_VERSION])
+
+
+def feature_cache_dir() -> Path:
+    """Where cached features are written: a folder of `datasets`' cache (set HF_DATASETS_CACHE to move it; delete it
+    to free the space: the next run extracts again)."""
+    return Path(datasets.config.HF_DATASETS_CACHE) / FEATURE_CACHE_FOLDER
 
 
 def add_image_features(
@@ -114,7 +138,8 @@ def add_image_features(
             stages from it onwards can train; `None` caches the pooled features.
 
     Returns:
-        The split with the new column, from `datasets`' cache when the same split, weights and view ran before.
+        The split with the new column, read from `feature_cache_dir()` when the same rows, weights and view ran
+        before.
     """
     if "image" not in split.column_names:
         raise ValueError(f"The split has no 'image' column (columns: {split.column_names}); pass a split of "
@@ -135,11 +160,12 @@ def add_image_features(
         values = pooled_features(extractor, pixel_values, view, stage)
         return {column: (values.half() if stage is not None else values).numpy()}
 
+    fingerprint = features_fingerprint(split, backbone, processor, view, stage)
+    feature_cache_dir().mkdir(parents=True, exist_ok=True)
     return split.map(
         extract, input_columns="image", batched=True, batch_size=batch_size,
-        features=datasets.Features({**split.features, column: feature}),
-        new_fingerprint=features_fingerprint(split, backbone, processor, view, stage),
-        desc=desc or f"Backbone features ({view})",
+        features=datasets.Features({**split.features, column: feature}), new_fingerprint=fingerprint,
+        cache_file_name=str(feature_cache_dir() / f"{fingerprint}.arrow"), desc=desc or f"Backbone features ({view})",
     )
 
 

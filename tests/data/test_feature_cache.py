@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModelForImageClassification, AutoProcessor, set_seed
 
 import skin_fusion  # noqa: F401  (registers the Auto classes)
@@ -154,6 +158,33 @@ def test_a_second_extraction_reads_the_cache_and_new_weights_do_not(lesions):
         next(backbone.parameters()).add_(1.0)
     assert add_image_features(split, backbone, processor).cache_files[0]["filename"] != cache_file
     assert add_image_features(split, backbone, processor, view="hflip")._fingerprint != first._fingerprint
+
+
+def test_the_same_files_copied_in_again_hit_the_cache_and_changed_bytes_do_not(lesion_folder, tmp_path):
+    # Shared data laid down afresh gets new modification times: `datasets` then loads the folder under a new
+    # fingerprint and cache folder, but the cached features must still be found (extracting them again took 34
+    # minutes for HAM10000's four training views).
+    processor = fitted_processor()
+    backbone = tiny_model("image", processor=processor).skin_fusion.backbone
+    folder = tmp_path / "lesions"
+    shutil.copytree(lesion_folder, folder)
+    first = add_image_features(load_lesion_dataset(str(folder), seed=0).splits["test"], backbone, processor)
+    cache_file = first.cache_files[0]["filename"]
+    written = os.stat(cache_file).st_mtime_ns
+
+    later = time.time() + 60
+    for path in folder.rglob("*"):
+        os.utime(path, (later, later))
+    again = load_lesion_dataset(str(folder), seed=0).splits["test"]
+    assert again._fingerprint != first._fingerprint  # what `datasets` sees: new files
+    assert add_image_features(again, backbone, processor).cache_files[0]["filename"] == cache_file
+    assert os.stat(cache_file).st_mtime_ns == written  # read, not rewritten
+
+    changed = Path(again.with_format("arrow")[:1].column("image").to_pylist()[0]["path"])
+    with Image.open(changed) as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed)
+    edited = load_lesion_dataset(str(folder), seed=0).splits["test"]
+    assert add_image_features(edited, backbone, processor).cache_files[0]["filename"] != cache_file
 
 
 def test_smote_on_features_brings_every_class_to_the_majority_count_and_keeps_the_columns():
