@@ -63,7 +63,7 @@ def feature_extractor(backbone: nn.Module) -> nn.Module:
     return copy.deepcopy(backbone).eval().to(memory_format=torch.channels_last)
 
 
-def pooled_features(extractor: nn.Module, pixel_values: torch.Tensor, view: str = "original",
+def backbone_features(extractor: nn.Module, pixel_values: torch.Tensor, view: str = "original",
                     stage: int | None = None) -> torch.Tensor:
     """The pooled features `(batch, num_features)` of a batch of normalised images, seen in `view`; with `stage`,
     the maps `(batch, channels, height, width)` that enter that backbone stage instead."""
@@ -153,11 +153,11 @@ def add_image_features(
         check_stage_split(backbone, stage)
         column = FEATURE_MAPS_COLUMN
         probe = torch.zeros(1, 3, processor.image_size, processor.image_size)
-        feature = datasets.Array3D(tuple(pooled_features(extractor, probe, stage=stage).shape[1:]), "float16")
+        feature = datasets.Array3D(tuple(backbone_features(extractor, probe, stage=stage).shape[1:]), "float16")
 
     def extract(images: list) -> dict[str, np.ndarray]:
         pixel_values = processor.preprocess_images(images, training=False)
-        values = pooled_features(extractor, pixel_values, view, stage)
+        values = backbone_features(extractor, pixel_values, view, stage)
         return {column: (values.half() if stage is not None else values).numpy()}
 
     fingerprint = features_fingerprint(split, backbone, processor, view, stage)

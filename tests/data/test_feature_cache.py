@@ -18,10 +18,10 @@ from skin_fusion.data.balancing import class_counts
 from skin_fusion.data.loading import load_lesion_dataset
 from skin_fusion.data.feature_cache import (
     add_image_features,
+    backbone_features,
     cached_inputs,
     feature_extractor,
     feature_matrix,
-    pooled_features,
     smote_inputs,
 )
 from skin_fusion.modeling.modeling_skin_fusion import SkinFusionForImageClassification
@@ -53,7 +53,7 @@ def test_image_features_give_the_same_logits_as_pixels_for_a_frozen_model():
     model = tiny_model("fusion").eval()
     pixels = torch.randn(4, 3, TINY_SIZE, TINY_SIZE)
     metadata = torch.randn(4, model.config.metadata_dim)
-    features = pooled_features(feature_extractor(model.skin_fusion.backbone), pixels)
+    features = backbone_features(feature_extractor(model.skin_fusion.backbone), pixels)
     with torch.inference_mode():
         from_pixels = model(pixel_values=pixels, metadata=metadata).logits
         from_features = model(image_features=features, metadata=metadata).logits
@@ -80,11 +80,12 @@ def test_image_features_errors_say_the_fix():
 def test_flip_views_are_the_features_of_flipped_images():
     extractor = feature_extractor(tiny_model("image").skin_fusion.backbone)
     pixels = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
-    torch.testing.assert_close(pooled_features(extractor, pixels, "hflip"), pooled_features(extractor, pixels.flip(-1)))
-    torch.testing.assert_close(pooled_features(extractor, pixels, "rot180"),
-                               pooled_features(extractor, pixels.rot90(2, dims=(-2, -1))))
+    torch.testing.assert_close(backbone_features(extractor, pixels, "hflip"),
+                               backbone_features(extractor, pixels.flip(-1)))
+    torch.testing.assert_close(backbone_features(extractor, pixels, "rot180"),
+                               backbone_features(extractor, pixels.rot90(2, dims=(-2, -1))))
     with pytest.raises(ValueError, match="distinct names from"):
-        pooled_features(extractor, pixels, "rot90")
+        backbone_features(extractor, pixels, "rot90")
 
 
 def test_feature_maps_of_an_early_stage_give_the_same_logits_as_pixels():
@@ -96,11 +97,11 @@ def test_feature_maps_of_an_early_stage_give_the_same_logits_as_pixels():
         from_pixels = model(pixel_values=pixels, metadata=metadata).logits
         for stage in range(1, len(model.skin_fusion.backbone.blocks)):
             model.skin_fusion.feature_map_stage = stage
-            maps = pooled_features(extractor, pixels, stage=stage)
+            maps = backbone_features(extractor, pixels, stage=stage)
             from_maps = model(feature_maps=maps, metadata=metadata).logits
             torch.testing.assert_close(from_maps, from_pixels, rtol=0, atol=1e-5)
-            hflip_maps = pooled_features(extractor, pixels, "hflip", stage=stage)
-            torch.testing.assert_close(hflip_maps, pooled_features(extractor, pixels.flip(-1), stage=stage))
+            hflip_maps = backbone_features(extractor, pixels, "hflip", stage=stage)
+            torch.testing.assert_close(hflip_maps, backbone_features(extractor, pixels.flip(-1), stage=stage))
 
 
 def test_feature_maps_are_refused_for_backbones_and_stages_that_cannot_be_cut():
