@@ -6,8 +6,8 @@ features (`forward_head(..., pre_logits=True)`) in the column `image_features` w
 fingerprint is made from the split's content (every column, and the bytes of the image files it names), the backbone's
 weights, the image settings and the view, and the map is written to `feature_cache_dir()/<fingerprint>.arrow`, so a
 second run on the same data reads that Arrow file instead of running the backbone, even after the image files were
-copied in again (`datasets`' own fingerprint of a local folder follows the files' modification times, and its cache
-folder with it).
+laid down again at the same path (`datasets`' own fingerprint of a local folder follows the files' modification
+times, and its cache folder with it).
 
 The model then takes `image_features=` instead of `pixel_values=`; its head sees exactly what it would have seen
 from pixels, so a model trained on cached features is a complete SkinFusion model that serves images.
@@ -64,7 +64,7 @@ def feature_extractor(backbone: nn.Module) -> nn.Module:
 
 
 def backbone_features(extractor: nn.Module, pixel_values: torch.Tensor, view: str = "original",
-                    stage: int | None = None) -> torch.Tensor:
+                      stage: int | None = None) -> torch.Tensor:
     """The pooled features `(batch, num_features)` of a batch of normalised images, seen in `view`; with `stage`,
     the maps `(batch, channels, height, width)` that enter that backbone stage instead."""
     dims = VIEWS[check_views([view])[0]]
@@ -86,16 +86,20 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def split_content_digest(split: datasets.Dataset) -> str:
+def split_content_digest(split: datasets.Dataset, batch_size: int = 512) -> str:
     """A SHA-256 of `split`'s rows as stored (every column; for images stored as paths, the paths and the bytes of
     the files). Unlike `split._fingerprint`, it stays the same when the same files are written again."""
-    rows = split.with_format("arrow")[:]
-    digest = hashlib.sha256(Hasher.hash(rows.drop_columns(["image"]).to_pydict()).encode())
-    for image in rows.column("image").to_pylist():
-        stored = image.get("bytes") if isinstance(image, dict) else None
-        path = image.get("path") if isinstance(image, dict) else None
-        digest.update(str(path).encode())
-        digest.update(stored if stored is not None else Path(path).read_bytes())
+    digest = hashlib.sha256()
+
+    def update(data: bytes) -> None:
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+
+    for rows in split.with_format("arrow").iter(batch_size=batch_size):
+        update(Hasher.hash(rows.drop_columns(["image"]).to_pydict()).encode())
+        for image in rows.column("image").to_pylist():
+            update(str(image["path"]).encode())
+            update(image["bytes"] if image["bytes"] is not None else Path(image["path"]).read_bytes())
     return digest.hexdigest()
 
 
@@ -161,7 +165,6 @@ def add_image_features(
         return {column: (values.half() if stage is not None else values).numpy()}
 
     fingerprint = features_fingerprint(split, backbone, processor, view, stage)
-    feature_cache_dir().mkdir(parents=True, exist_ok=True)
     return split.map(
         extract, input_columns="image", batched=True, batch_size=batch_size,
         features=datasets.Features({**split.features, column: feature}), new_fingerprint=fingerprint,

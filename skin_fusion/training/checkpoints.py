@@ -1,10 +1,11 @@
-"""Finding the checkpoint a killed or crashed run resumes from."""
+"""Finding the checkpoint a killed or crashed run resumes from, and removing them once the run is complete."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -35,3 +36,11 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
             return str(checkpoint)
         logger.warning("Skipping %s: it was cut off while being saved (no readable trainer_state.json).", checkpoint)
     return None
+
+
+def remove_checkpoints(output_dir: str | Path) -> None:
+    """Delete the `checkpoint-N` folders of a finished run: the final model sits in `output_dir` itself, and a
+    checkpoint left there would make the next run in the same folder resume from it instead of training."""
+    for checkpoint in Path(output_dir).glob("checkpoint-*"):
+        if checkpoint.is_dir() and _CHECKPOINT.match(checkpoint.name):
+            shutil.rmtree(checkpoint)

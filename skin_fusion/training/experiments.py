@@ -19,7 +19,6 @@ import argparse
 import itertools
 import json
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -153,9 +152,6 @@ def run_once(argv: list[str], run_dir: Path) -> None:
     run_training(*parse_training_arguments(argv))
     wall_seconds = time.perf_counter() - started
     record_path.write_text(json.dumps({"argv": argv, "wall_seconds": wall_seconds}, indent=2))
-    # The final model sits in run_dir itself; the epoch checkpoints were only needed to resume this run.
-    for checkpoint in run_dir.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint)
 
 
 def weights_description(modality: str, backbone: str, weights: str) -> str:

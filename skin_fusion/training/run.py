@@ -39,7 +39,7 @@ from ..threads import configure_torch_threads
 from ..weights.backbone_weights import load_backbone_weights
 from .arguments import DataArguments, ModelArguments, SkinFusionTrainingArguments
 from .calibration import class_prior, fit_decision_offsets, fit_temperature
-from .checkpoints import last_complete_checkpoint
+from .checkpoints import last_complete_checkpoint, remove_checkpoints
 from .hub import push_model_directory
 from .trainer import BackboneFreezeCallback, BestWeightsInMemoryCallback, SkinFusionTrainer
 
@@ -105,9 +105,9 @@ def trains_last_stages(args: SkinFusionTrainingArguments) -> bool:
 
 
 def keeps_best_weights_in_memory(args: SkinFusionTrainingArguments, cached: bool) -> bool:
-    """Heads on cached pooled features: an epoch takes under a second, less than writing a checkpoint of the whole
-    model, so such a run keeps its best weights in memory and writes no checkpoint. A run whose last stages learn on
-    cached maps takes tens of minutes: it checkpoints like a run on pixels, so it can resume."""
+    """Whether this run keeps its best weights in memory and writes no checkpoint."""
+    # Heads on cached pooled features: an epoch takes under a second, less than a checkpoint of the whole model. A run
+    # whose last stages learn on cached maps takes tens of minutes: it checkpoints like a run on pixels, to resume.
     return cached and not trains_last_stages(args)
 
 
@@ -189,9 +189,8 @@ def build_trainer(
     processor: SkinFusionProcessor, label_names: list[str], cached: bool,
     train_sample_weights: np.ndarray | None = None,
 ) -> SkinFusionTrainer:
-    """The Trainer of one run, with its callbacks: backbone freezing, early stopping, and for runs on cached features
-    heads on cached pooled features their best weights kept in memory. `args` are the run's (see
-    `trainer_arguments`)."""
+    """The Trainer of one run, with its callbacks: backbone freezing, early stopping, and for heads on cached pooled
+    features the best weights kept in memory. `args` are the run's (see `trainer_arguments`)."""
     callbacks: list[Any] = []
     if model.config.uses_image and args.freeze_epochs > 0:
         callbacks.append(BackboneFreezeCallback(args.freeze_epochs))
@@ -235,6 +234,12 @@ def run_training(
 
     push_to_hub = args.push_to_hub
     args = trainer_arguments(args, config, cached)
+    last_checkpoint = last_complete_checkpoint(args.output_dir)  # checked before the features are extracted
+    if last_checkpoint and not args.resume:
+        raise ValueError(
+            f"{args.output_dir} holds checkpoints (the newest: {last_checkpoint}) and --resume is False. Pass another "
+            "--output_dir, or delete those checkpoints to start over; nothing was overwritten."
+        )
 
     started = time.perf_counter()
     if cached:
@@ -251,12 +256,6 @@ def run_training(
     extraction_seconds = time.perf_counter() - started if cached else 0.0
     trainer = build_trainer(model, args, train, validation, processor, lesions.label_names, cached,
                             sample_weights(train_labels) if data_args.balancing == "weighted_sampler" else None)
-    last_checkpoint = last_complete_checkpoint(args.output_dir)
-    if last_checkpoint and not args.resume:
-        raise ValueError(
-            f"{args.output_dir} holds checkpoints (the newest: {last_checkpoint}) and --resume is False. Pass another "
-            "--output_dir, or delete those checkpoints to start over; nothing was overwritten."
-        )
     if last_checkpoint:
         logger.info("Resuming from %s", last_checkpoint)
     started = time.perf_counter()
@@ -322,6 +321,7 @@ def run_training(
         if push_to_hub:
             report.pushed_to, report.push_error = push_safely(output_dir, args.hub_model_id or output_dir.name, args)
         (output_dir / "training_report.json").write_text(json.dumps(asdict(report), indent=2))
+        remove_checkpoints(output_dir)
     return report
 
 

@@ -103,6 +103,12 @@ def test_saved_model_loads_with_auto_classes_and_predicts_calibrated(fusion_run,
     assert probabilities.shape == (1, 3) and torch.isclose(probabilities.sum(), torch.tensor(1.0))
 
 
+def test_a_finished_run_leaves_no_checkpoint_for_the_next_run_to_resume_from(fusion_run):
+    _, output_dir = fusion_run
+    assert (output_dir / "model.safetensors").is_file()
+    assert not list(output_dir.glob("checkpoint-*")) and not list((output_dir / "image-only").glob("checkpoint-*"))
+
+
 def test_calibration_minimises_validation_negative_log_likelihood(fusion_run):
     report, _ = fusion_run
     assert report.temperature > 0

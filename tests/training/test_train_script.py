@@ -23,8 +23,10 @@ TINY = ["--backbone", "skin_fusion_small_cnn", "--image_size", "48", "--backbone
         "--num_train_epochs", "4", "--save_total_limit", "10"]
 
 
-def environment() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def environment(tmp_path: Path) -> dict[str, str]:
+    """The training processes' environment: offline, one thread, `datasets`' caches inside the test's folder."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+            "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache")}
 
 
 LESION_FOLDER = dict(n_images=200, image_size=48, seed=5)  # the `lesion_folder` fixture (conftest.py) generates it
@@ -40,18 +42,20 @@ def report(output_dir: Path) -> dict:
 
 
 # The last two stages of a small EfficientNet learning on cached maps of the earlier ones (the shipped preset's kind).
+# Evaluated (and checkpointed) every eighth of the run as the preset is, so it resumes from mid-epoch.
 LAST_STAGES_ON_CACHED_MAPS = ["--backbone", "test_efficientnet", "--cache_image_features", "True",
-                              "--unfreeze_last_blocks", "2", "--freeze_epochs", "0", "--compare_image_only", "False"]
+                              "--unfreeze_last_blocks", "2", "--freeze_epochs", "0", "--compare_image_only", "False",
+                              "--eval_strategy", "steps", "--eval_steps", "0.125"]
 
 
 @pytest.mark.parametrize("recipe", [[], LAST_STAGES_ON_CACHED_MAPS], ids=["pixels", "last-stages-on-cached-maps"])
 def test_a_run_killed_mid_training_resumes_to_the_same_result(lesion_folder, tmp_path, recipe):
-    reference = subprocess.run(train_command(lesion_folder, tmp_path / "reference", *recipe), env=environment(),
+    reference = subprocess.run(train_command(lesion_folder, tmp_path / "reference", *recipe), env=environment(tmp_path),
                                capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(train_command(lesion_folder, killed_dir, *recipe), env=environment(),
+    process = subprocess.Popen(train_command(lesion_folder, killed_dir, *recipe), env=environment(tmp_path),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while last_complete_checkpoint(killed_dir) is None and time.monotonic() < deadline:
@@ -61,7 +65,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(lesion_folder, tmp
     assert last_complete_checkpoint(killed_dir) is not None, "no checkpoint before the deadline"
     assert not (killed_dir / "training_report.json").exists(), "the run finished before it could be killed"
 
-    resumed = subprocess.run(train_command(lesion_folder, killed_dir, *recipe), env=environment(),
+    resumed = subprocess.run(train_command(lesion_folder, killed_dir, *recipe), env=environment(tmp_path),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stderr
@@ -83,7 +87,7 @@ def test_resume_false_refuses_to_overwrite_checkpoints(lesion_folder, tmp_path):
     output_dir = tmp_path / "run"
     (output_dir / "checkpoint-5").mkdir(parents=True)
     (output_dir / "checkpoint-5" / "trainer_state.json").write_text("{}")
-    result = subprocess.run(train_command(lesion_folder, output_dir, "--resume", "False"), env=environment(),
+    result = subprocess.run(train_command(lesion_folder, output_dir, "--resume", "False"), env=environment(tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "holds checkpoints" in result.stderr and "nothing was overwritten" in result.stderr
@@ -96,7 +100,7 @@ def test_accelerate_launch_with_two_cpu_processes(lesion_folder, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                str(ROOT / "train.py"), *TINY, "--dataset", str(lesion_folder), "--output_dir", str(output_dir)]
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=environment(tmp_path), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     run = report(output_dir)
     assert run["world_size"] == 2

@@ -92,3 +92,21 @@ def test_the_first_parameter_group_is_the_heads_so_the_logged_learning_rate_is_i
     model = tiny_model("fusion")
     groups = optimizer_parameter_groups(model, HEAD_RATE, BACKBONE_RATE, DECAY, unfreeze_last_blocks=1)
     assert groups[0]["lr"] == HEAD_RATE and [g["lr"] for g in groups] == sorted((g["lr"] for g in groups), reverse=True)
+
+
+@pytest.mark.parametrize("evaluation", [[], ["--eval_steps", "50"], ["--eval_strategy", "epoch"]])
+def test_checkpoints_follow_the_evaluations_unless_set(evaluation, tmp_path):
+    _, _, args = parse_training_arguments(["--preset", "ham10000", "--output_dir", str(tmp_path), *evaluation])
+    assert args.save_strategy == args.eval_strategy and args.save_steps == args.eval_steps
+    assert args.load_best_model_at_end
+
+
+def test_given_values_are_merged_with_the_preset_before_they_are_validated(tmp_path):
+    _, data_args, args = parse_training_arguments(["--preset", "ham10000", "--output_dir", str(tmp_path),
+                                                   "--save_strategy", "steps", "--save_steps", "0.25"])
+    assert (args.save_steps, args.eval_steps, data_args.split_seed) == (0.25, 0.125, 42)
+
+
+def test_checkpoints_that_cannot_hold_the_best_evaluation_are_refused_when_parsed(tmp_path):
+    with pytest.raises(ValueError, match="save and eval strategy to match"):
+        parse_training_arguments(["--preset", "ham10000", "--output_dir", str(tmp_path), "--save_strategy", "epoch"])
