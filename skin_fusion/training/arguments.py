@@ -24,15 +24,15 @@ DEFAULT_OUTPUT_DIR = "outputs/skin-fusion"
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     # The shipped HAM10000 model (models/skin-fusion-ham10000): offline ImageNet EfficientNet-Lite0 at 224 px; its
-    # stem and first five stages frozen, their output maps cached once per image and view (original, hflip); the last
-    # two stages, the metadata MLP and the head trained on them with metadata masked at random and no class weights
-    # (the decisions are balanced by the logit adjustment fitted on validation instead), checkpointed at every
-    # evaluation. Measured in docs/experiments/ham10000-last-stages.
+    # stem and first five stages frozen, their output maps cached once per image and view (the image, its two flips
+    # and its half turn); the last two stages, the metadata MLP and the head trained on them with metadata masked at
+    # random and no class weights (the decisions are balanced by the logit adjustment fitted on validation instead),
+    # checkpointed at every evaluation. Measured in docs/experiments/ham10000-last-stages.
     # Run: python train.py --preset ham10000 --dataset ../shared/data/ham10000
     "ham10000": {
         "backbone": "tf_efficientnet_lite0", "image_size": 224, "backbone_weights": "lite",
         "cache_image_features": True, "unfreeze_last_blocks": 2, "freeze_epochs": 0, "num_train_epochs": 2,
-        "cache_train_views": ["original", "hflip"], "per_device_train_batch_size": 64,
+        "cache_train_views": ["original", "hflip", "vflip", "rot180"], "per_device_train_batch_size": 64,
         "per_device_eval_batch_size": 128, "learning_rate": 2e-3, "backbone_learning_rate": 3e-4,
         "warmup_steps": 0.1, "eval_strategy": "steps", "eval_steps": 0.125, "validation_size": 0.1, "test_size": 0.2,
         "split_seed": 42, "balancing": "none", "metadata_dropout": 0.1,
