@@ -89,3 +89,20 @@ def test_the_shipped_models_notes_name_the_classes_for_people():
     result = predictor.predict(EXAMPLES / row["file_name"], {})
 
     assert class_display_name(result.label) in result.note and f"({result.label})" in result.note
+
+
+def test_the_ham10000_preset_is_the_shipped_models_recipe(tmp_path):
+    from skin_fusion.training.arguments import parse_training_arguments
+
+    model_args, data_args, args = parse_training_arguments(["--preset", "ham10000", "--output_dir", str(tmp_path)])
+    facts = load_card_facts(SHIPPED / "card_facts.json")
+    trained = facts.training
+    assert (facts.backbone, facts.image_size) == (model_args.backbone, model_args.image_size)
+    expected = {
+        "cached_views": ", ".join(args.cache_train_views), "epochs": f"{args.num_train_epochs:g}",
+        "batch_size": args.per_device_train_batch_size, "learning_rate": args.learning_rate,
+        "backbone_learning_rate": args.backbone_learning_rate, "unfreeze_last_blocks": args.unfreeze_last_blocks,
+        "freeze_epochs": args.freeze_epochs, "seed": args.seed, "split_seed": data_args.split_seed,
+        "metadata_dropout": model_args.metadata_dropout, "metadata_row_dropout": model_args.metadata_row_dropout,
+    }
+    assert {name: trained[name] for name in expected} == expected
