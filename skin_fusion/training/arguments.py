@@ -8,7 +8,6 @@ line (or in a JSON file) always wins over the preset.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -168,8 +167,11 @@ class SkinFusionTrainingArguments(TrainingArguments):
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch, steps or no."})
     save_strategy: str | None = field(
         default=None,
-        metadata={"help": "When to checkpoint: epoch, steps or no; by default at every evaluation (save_steps = "
-                          "eval_steps), so the best evaluation is kept and a killed run resumes from the last one."},
+        metadata={"help": "When to checkpoint: epoch, steps or no; by default as eval_strategy, so the best "
+                          "evaluation is kept and a killed run resumes from the last one."},
+    )
+    save_steps: float | None = field(
+        default=None, metadata={"help": "Steps (or fraction of the run) between checkpoints; by default eval_steps."}
     )
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best is kept too)."})
     load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the best checkpoint's weights."})
@@ -180,8 +182,9 @@ class SkinFusionTrainingArguments(TrainingArguments):
     dataloader_num_workers: int = field(default=0, metadata={"help": "Decoding workers (0 = main process)."})
 
     def __post_init__(self) -> None:
-        if self.save_strategy is None:
-            self.save_strategy, self.save_steps = self.eval_strategy, self.eval_steps
+        # Checkpoints follow the evaluations unless told otherwise.
+        self.save_strategy = self.eval_strategy if self.save_strategy is None else self.save_strategy
+        self.save_steps = self.eval_steps if self.save_steps is None else self.save_steps
         super().__post_init__()
 
 
@@ -190,13 +193,12 @@ def explicit_argument_names(argv: list[str]) -> set[str]:
     return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
 
 
-def named_preset(argv: list[str], given: dict[str, Any] | None) -> str:
-    """The preset named on the command line (or in the JSON file), `demo` if none; raises if it is unknown."""
+def named_preset(parser: HfArgumentParser, argv: list[str], given: dict[str, Any] | None) -> str:
+    """The preset named on the command line (or in the JSON file), else `ModelArguments.preset`'s default; raises if
+    it is unknown."""
     if given is not None:
-        preset = given.get("preset", "demo")
+        preset = given.get("preset", ModelArguments.preset)
     else:
-        parser = argparse.ArgumentParser(add_help=False)
-        parser.add_argument("--preset", default="demo")
         preset = parser.parse_known_args(argv)[0].preset
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r} is unknown; use one of {list(PRESETS)}.")
@@ -213,7 +215,7 @@ def parse_training_arguments(
     from_json = len(argv) == 1 and argv[0].endswith(".json")
     given = json.loads(Path(argv[0]).read_text()) if from_json else None
     explicit = set(given) if from_json else explicit_argument_names(argv)
-    preset = PRESETS[named_preset(argv, given)]
+    preset = PRESETS[named_preset(parser, argv, given)]
     if "use_cpu" not in explicit and not torch.cuda.is_available():
         # Without it, processes started by torchrun / `accelerate launch --multi_gpu` on a machine with no GPU would
         # not form a (gloo) process group: each would train alone on the whole data set. It must be known when the

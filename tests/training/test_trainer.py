@@ -110,3 +110,9 @@ def test_given_values_are_merged_with_the_preset_before_they_are_validated(tmp_p
 def test_checkpoints_that_cannot_hold_the_best_evaluation_are_refused_when_parsed(tmp_path):
     with pytest.raises(ValueError, match="save and eval strategy to match"):
         parse_training_arguments(["--preset", "ham10000", "--output_dir", str(tmp_path), "--save_strategy", "epoch"])
+
+
+def test_a_given_save_step_count_is_kept_while_the_strategy_follows_the_evaluations(tmp_path):
+    _, _, args = parse_training_arguments(["--preset", "ham10000", "--output_dir", str(tmp_path),
+                                           "--save_steps", "0.25"])
+    assert (args.save_strategy, args.save_steps, args.eval_steps) == ("steps", 0.25, 0.125)
