@@ -1,0 +1,146 @@
+"""Soups of training runs against the runs alone, on the lesion-grouped test split they were scored on.
+
+    python -m bench.model_soup RUN_DIR [RUN_DIR ...] [--size 3] [--data ../shared/data/ham10000] [--split_seed 42]
+        [--out bench/results/model_soup]
+
+A soup (`skin_fusion.training.soup`) averages the runs' backbones and keeps their heads side by side: one model, one
+backbone forward. Every combination of `--size` runs is souped (default: all runs, one soup); each soup's temperature
+and decision offsets are fitted on validation as train.py fits one run's. Test balanced accuracy, macro AUC and ECE of
+every run alone (its saved calibration) and of every soup, with the metadata as recorded and with nothing recorded,
+from the original image (what the app serves by default). The runs must share their frozen early stages (runs of one
+preset do): those run once per image through the library's feature cache. Writes OUT.json and OUT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from bench.machine_info import machine_info
+from bench.seed_summary import mean_sd
+from bench.test_time_flips import check_split, first_trained_stage, model_probabilities
+from skin_fusion import SkinFusionForImageClassification, SkinFusionProcessor
+from skin_fusion.data.feature_cache import add_image_features, cached_inputs, withhold_metadata
+from skin_fusion.data.loading import load_lesion_dataset
+from skin_fusion.evaluation.metrics import balanced_accuracy, expected_calibration_error
+from skin_fusion.modeling.modeling_skin_fusion import predicted_classes
+from skin_fusion.threads import configure_torch_threads
+from skin_fusion.training.calibration import class_prior, fit_decision_offsets, fit_temperature
+from skin_fusion.training.soup import soup_of
+from skin_fusion.weights.backbone_weights import load_backbone_weights
+
+REPO = Path(__file__).resolve().parents[1]
+WAYS = ("recorded", "nothing recorded")
+
+
+def figures(probabilities: np.ndarray, labels: np.ndarray, offsets: list[float] | None) -> dict[str, float]:
+    decided = predicted_classes(torch.from_numpy(np.log(probabilities)), offsets).numpy()
+    return {"balanced_accuracy": balanced_accuracy(labels, decided),
+            "macro_auc": float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")),
+            "ece": float(expected_calibration_error(probabilities, labels))}
+
+
+def calibrate(model: SkinFusionForImageClassification, validation: dict[str, np.ndarray], stage: int,
+              prior: np.ndarray) -> None:
+    """Fit `model`'s temperature and decision offsets on the cached validation rows, as train.py does."""
+    model.config.temperature, model.config.decision_offsets = 1.0, None
+    log_probabilities = np.log(model_probabilities(model, validation, stage))
+    model.config.temperature = fit_temperature(log_probabilities, validation["labels"])
+    model.config.decision_offsets, _ = fit_decision_offsets(log_probabilities / model.config.temperature,
+                                                            validation["labels"], prior)
+
+
+def model_readings(model: SkinFusionForImageClassification, inputs: dict[str, dict[str, np.ndarray]], stage: int,
+                   processor: SkinFusionProcessor) -> dict[str, Any]:
+    """Validation balanced accuracy and the test figures both ways, with the model's own calibration."""
+    validation = model_probabilities(model, inputs["validation"], stage)
+    test = {"recorded": inputs["test"], "nothing recorded": withhold_metadata(inputs["test"], processor)}
+    offsets = model.config.decision_offsets
+    return {"validation_balanced_accuracy": figures(validation, inputs["validation"]["labels"],
+                                                    offsets)["balanced_accuracy"],
+            **{way: figures(model_probabilities(model, rows, stage), rows["labels"], offsets)
+               for way, rows in test.items()}}
+
+
+def summary_rows(results: list[dict[str, Any]], kind: str) -> list[str]:
+    group = [r for r in results if r["kind"] == kind]
+    cells = [mean_sd([r["validation_balanced_accuracy"] for r in group])]
+    for way in WAYS:
+        cells += [mean_sd([r[way][metric] for r in group]) for metric in ("balanced_accuracy", "macro_auc")]
+    cells.append(mean_sd([r["recorded"]["ece"] for r in group]))
+    return [f"| {kind} | {len(group)} | " + " | ".join(cells) + " |"]
+
+
+def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    """Mean ± sd of the runs alone and of the soups, then every row."""
+    header = ("| {} | {} | validation BACC | recorded BACC | recorded macro AUC | nothing recorded BACC | "
+              "nothing recorded macro AUC | ECE, recorded |")
+    lines = [f"Test split (original image, one forward); {machine['cpu']}, {machine['logical_cpus']} CPUs, torch "
+             f"{machine['torch']}, {machine['date']}; {machine['seconds']:.0f} s.", "",
+             header.format("model", "models"), "|---|---|---|---|---|---|---|---|"]
+    for kind in dict.fromkeys(r["kind"] for r in results):
+        lines += summary_rows(results, kind)
+    lines += ["", header.format("model", "kind"), "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        cells = [f"{r['validation_balanced_accuracy']:.3f}"] + [
+            f"{r[way][metric]:.3f}" for way in WAYS for metric in ("balanced_accuracy", "macro_auc")]
+        lines.append(f"| {r['name']} | {r['kind']} | " + " | ".join(cells) + f" | {r['recorded']['ece']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="saved fusion runs of one recipe, trained on one split")
+    parser.add_argument("--size", type=int, default=None, help="runs per soup (default: all of them)")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ham10000")
+    parser.add_argument("--split_seed", type=int, default=42)
+    parser.add_argument("--validation_size", type=float, default=0.1)
+    parser.add_argument("--test_size", type=float, default=0.2)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "model_soup")
+    args = parser.parse_args()
+    configure_torch_threads()
+    started = time.perf_counter()
+
+    lesions = load_lesion_dataset(str(args.data), validation_size=args.validation_size, test_size=args.test_size,
+                                  seed=args.split_seed)
+    for run in args.runs:
+        check_split(run, lesions, args.split_seed)
+    models = [SkinFusionForImageClassification.from_pretrained(run).eval() for run in args.runs]
+    processor = SkinFusionProcessor.from_pretrained(args.runs[0])
+    reference = SkinFusionForImageClassification(models[0].config)
+    load_backbone_weights(reference)
+    stage = first_trained_stage(models, reference)
+    inputs = {split: cached_inputs(add_image_features(lesions.splits[split], reference.skin_fusion.backbone, processor,
+                                                      stage=stage), processor, True, True)
+              for split in ("validation", "test")}
+    prior = class_prior(lesions.splits["train"]["label"], len(lesions.label_names))
+
+    results = []
+    for run, model in zip(args.runs, models):
+        results.append({"name": run.name, "kind": "run alone", **model_readings(model, inputs, stage, processor)})
+        print(json.dumps(results[-1]), flush=True)
+    for members in itertools.combinations(range(len(models)), args.size or len(models)):
+        soup = soup_of([models[i] for i in members])
+        calibrate(soup, inputs["validation"], stage, prior)
+        name = "soup of " + ", ".join(args.runs[i].name for i in members)
+        results.append({"name": name, "kind": f"soup of {len(members)}",
+                        **model_readings(soup, inputs, stage, processor)})
+        print(json.dumps(results[-1]), flush=True)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {**machine_info(), "seconds": round(time.perf_counter() - started, 1), "shared_stages": stage}
+    args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(results, machine))
+    print(markdown(results, machine))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""A "soup" of training runs: one SkinFusion model whose backbone is the average of the runs' backbones and whose
+heads are all of the runs' heads, side by side, their logits averaged.
+
+Runs of one recipe that differ only in their seed fine-tune the same pretrained backbone a short way, so their
+backbone weights can be averaged (Wortsman et al., "Model soups", ICML 2022). Their heads start from different random
+initialisations and cannot: their hidden units are not aligned. Instead every head is kept, stacked into one wider
+head of the same architecture (block-diagonal weights), whose output is the mean of the heads' calibrated logits. The
+result is an ordinary `SkinFusionForImageClassification` (wider hidden sizes in its config), saved and served like
+any other at the cost of one backbone forward; fit its temperature and decision offsets on validation again.
+
+    python -m skin_fusion.training.soup --runs RUN_DIR RUN_DIR [RUN_DIR ...] --output_dir DIR
+
+Soups the saved runs (train.py output folders of one recipe and split), calibrates the soup on their validation
+split, scores it on their test split with the metadata as recorded and with nothing recorded, and saves it with its
+card, plots and report, as train.py saves one run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import HfArgumentParser
+
+from ..data.feature_cache import add_image_features, cached_inputs, withhold_metadata
+from ..data.loading import LesionDataset, load_lesion_dataset
+from ..data.model_inputs import metadata_frame
+from ..evaluation.metrics import SCALAR_KEYS, expected_calibration_error, negative_log_likelihood
+from ..evaluation.plots import plot_confusion_matrix, plot_roc_curves
+from ..evaluation.subgroups import evaluate_probabilities, subgroup_metrics
+from ..modeling.configuration_skin_fusion import SkinFusionConfig
+from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
+from ..modeling.processing_skin_fusion import SkinFusionProcessor
+from ..reports.model_card import ModelCardFacts, load_card_facts, render_model_card, save_card_facts
+from ..threads import configure_torch_threads
+from .calibration import class_prior, fit_decision_offsets, fit_temperature
+from .run import softmax
+
+# Config fields that must agree for runs to be souped (the seed and the fitted calibration may differ).
+ARCHITECTURE_FIELDS = ("backbone", "image_size", "modality", "metadata_hidden_sizes", "head_hidden_sizes",
+                       "numeric_features", "categorical_features", "missing_metadata", "id2label")
+
+
+def check_soup_ingredients(models: list[SkinFusionForImageClassification]) -> None:
+    """Raise unless there are at least two models of one architecture, labels and metadata encoding."""
+    if len(models) < 2:
+        raise ValueError(f"A soup needs at least two trained runs; got {len(models)}. Pass several run folders of "
+                         "one recipe (e.g. --seed 42, 43 and 44).")
+    first = models[0].config.to_dict()
+    for model in models[1:]:
+        other = model.config.to_dict()
+        differing = [name for name in ARCHITECTURE_FIELDS if first.get(name) != other.get(name)]
+        if differing:
+            raise ValueError(f"{model.name_or_path} differs from {models[0].name_or_path} in {', '.join(differing)}: "
+                             "only runs of one recipe (same backbone, widths, classes and metadata encoding; "
+                             "different seeds) can be souped.")
+
+
+def averaged_state(modules: list[nn.Module]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the modules' floating-point weights and buffers (others: the first module's)."""
+    states = [module.state_dict() for module in modules]
+    return {name: torch.stack([state[name].float() for state in states]).mean(0).to(value.dtype)
+            if value.is_floating_point() else value.clone()
+            for name, value in states[0].items()}
+
+
+def stacked_linear(layers: list[nn.Linear], shared_inputs: int) -> nn.Linear:
+    """One linear layer computing every layer of `layers` side by side.
+
+    Its input is `shared_inputs` columns every layer reads, then each layer's own columns in turn; its output is
+    each layer's output in turn (block-diagonal outside the shared columns).
+    """
+    own_inputs = [layer.in_features - shared_inputs for layer in layers]
+    stacked = nn.Linear(shared_inputs + sum(own_inputs), sum(layer.out_features for layer in layers))
+    with torch.no_grad():
+        stacked.weight.zero_()
+        row, column = 0, shared_inputs
+        for layer, width in zip(layers, own_inputs):
+            rows = slice(row, row + layer.out_features)
+            stacked.weight[rows, :shared_inputs] = layer.weight[:, :shared_inputs]
+            stacked.weight[rows, column:column + width] = layer.weight[:, shared_inputs:]
+            stacked.bias[rows] = layer.bias
+            row, column = row + layer.out_features, column + width
+    return stacked
+
+
+def averaged_output_linear(layers: list[nn.Linear], scales: list[float], shared_inputs: int) -> nn.Linear:
+    """One linear layer whose output is the mean of `scale * layer(input)` over `layers`; its input is laid out as
+    in `stacked_linear` (`shared_inputs` columns every layer reads, then each layer's own columns in turn)."""
+    weights = [layer.weight * scale / len(layers) for layer, scale in zip(layers, scales)]
+    merged = nn.Linear(shared_inputs + sum(layer.in_features - shared_inputs for layer in layers),
+                       layers[0].out_features)
+    with torch.no_grad():
+        merged.weight.copy_(torch.cat([sum(w[:, :shared_inputs] for w in weights)] + [w[:, shared_inputs:]
+                                                                                       for w in weights], 1))
+        merged.bias.copy_(sum(layer.bias * scale for layer, scale in zip(layers, scales)) / len(layers))
+    return merged
+
+
+def linear_layers(stack: nn.Module) -> list[nn.Linear]:
+    return [module for module in stack.modules() if isinstance(module, nn.Linear)]
+
+
+def load_side_by_side(target: nn.Module, sources: list[nn.Module], first_shared_inputs: int) -> None:
+    """Load every linear layer of `target` with the same-depth layers of `sources` side by side (`stacked_linear`):
+    the first reads `first_shared_inputs` shared columns, the later ones their own source's outputs only."""
+    per_source = [linear_layers(source) for source in sources]
+    for depth, layer in enumerate(linear_layers(target)):
+        shared_inputs = first_shared_inputs if depth == 0 else 0
+        side_by_side = stacked_linear([layers[depth] for layers in per_source], shared_inputs)
+        layer.load_state_dict(side_by_side.state_dict())
+
+
+def soup_config(config: SkinFusionConfig, ingredients: int) -> SkinFusionConfig:
+    """`config` with every hidden width multiplied by the number of ingredients, and calibration reset."""
+    settings = config.to_dict()
+    settings.update(
+        metadata_hidden_sizes=[width * ingredients for width in config.metadata_hidden_sizes],
+        head_hidden_sizes=[width * ingredients for width in config.head_hidden_sizes],
+        temperature=1.0, decision_offsets=None,
+    )
+    return SkinFusionConfig.from_dict(settings)
+
+
+def soup_of(models: list[SkinFusionForImageClassification]) -> SkinFusionForImageClassification:
+    """The models' backbones averaged and their heads side by side (see the module docstring); its logits equal the
+    mean of the heads' logits (each divided by its model's temperature) on the averaged backbone's features."""
+    check_soup_ingredients(models)
+    soup = SkinFusionForImageClassification(soup_config(models[0].config, len(models))).eval()
+    encoders = [model.skin_fusion for model in models]
+    if soup.skin_fusion.backbone is not None:
+        soup.skin_fusion.backbone.load_state_dict(averaged_state([encoder.backbone for encoder in encoders]))
+    image_width = soup.skin_fusion.image_features_dim
+    if soup.skin_fusion.metadata_mlp is not None:
+        load_side_by_side(soup.skin_fusion.metadata_mlp, [encoder.metadata_mlp for encoder in encoders],
+                          models[0].config.metadata_dim)
+    load_side_by_side(soup.head, [model.head for model in models], image_width)
+    classifiers = [linear_layers(model.classifier)[0] for model in models]
+    # Without a hidden head layer the classifier reads the fused features: the image's shared, each metadata MLP's own.
+    shared = 0 if soup.config.head_hidden_sizes else image_width
+    scales = [1.0 / model.config.temperature for model in models]
+    soup.classifier[-1].load_state_dict(averaged_output_linear(classifiers, scales, shared).state_dict())
+    return soup
+
+
+@dataclass
+class SoupArguments:
+    """Which runs to soup, where to save the soup, and the split they were trained on."""
+
+    runs: list[str] = field(metadata={"help": "Saved runs of one recipe and split (train.py output folders), e.g. "
+                                              "the same preset trained with --seed 42, 43 and 44."})
+    output_dir: str = field(metadata={"help": "Where the soup is saved (model, processor, card, plots, report)."})
+    dataset: str | None = field(default=None, metadata={"help": "The runs' data set (default: as their cards say)."})
+    validation_size: float = field(default=0.1, metadata={"help": "The runs' --validation_size."})
+    test_size: float = field(default=0.2, metadata={"help": "The runs' --test_size."})
+    batch_size: int = field(default=64, metadata={"help": "Images per backbone call when scoring."})
+
+
+def check_same_split(runs: list[Path], facts: list[ModelCardFacts]) -> None:
+    """Raise unless every run was trained on the same data set and split (its source, split seed and sizes)."""
+    def split_of(f: ModelCardFacts) -> tuple:
+        return f.dataset_source, f.training.get("split_seed"), f.split_sizes
+
+    for run, other in zip(runs[1:], facts[1:]):
+        if split_of(other) != split_of(facts[0]):
+            raise ValueError(f"{run} was trained on {split_of(other)}, {runs[0]} on {split_of(facts[0])} (data set, "
+                             "split seed, split sizes): soup runs of one split only (train.py --split_seed).")
+
+
+def load_split(args: SoupArguments, facts: ModelCardFacts) -> LesionDataset:
+    """The runs' data set split as they were trained on it; raises if the sizes given do not reproduce it."""
+    lesions = load_lesion_dataset(args.dataset or facts.dataset_source, validation_size=args.validation_size,
+                                  test_size=args.test_size, seed=facts.training["split_seed"])
+    sizes = {name: len(split) for name, split in lesions.splits.items()}
+    if sizes != facts.split_sizes:
+        raise ValueError(f"--validation_size {args.validation_size} and --test_size {args.test_size} give splits "
+                         f"{sizes}, but the runs were trained on {facts.split_sizes}: pass the runs' sizes, or the "
+                         "soup would be scored on images it trained on.")
+    return lesions
+
+
+def soup_logits(soup: SkinFusionForImageClassification, inputs: dict[str, np.ndarray],
+                batch_size: int = 256) -> np.ndarray:
+    """The soup's logits on cached pooled image features and encoded metadata."""
+    with torch.inference_mode():
+        return torch.cat([soup(
+            image_features=torch.from_numpy(inputs["image_features"][s:s + batch_size])
+            if "image_features" in inputs else None,
+            metadata=torch.from_numpy(inputs["metadata"][s:s + batch_size]) if "metadata" in inputs else None,
+        ).logits for s in range(0, len(inputs["labels"]), batch_size)]).double().numpy()
+
+
+def save_soup(args: SoupArguments) -> dict[str, Any]:
+    """Soup, calibrate, score and save `args.runs` (see the module docstring); returns the soup's report."""
+    configure_torch_threads()
+    started = time.perf_counter()
+    runs = [Path(run) for run in args.runs]
+    missing = [str(run) for run in runs if not (run / "card_facts.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"No card_facts.json in {', '.join(missing)}: pass folders written by train.py.")
+    facts = [load_card_facts(run / "card_facts.json") for run in runs]
+    check_same_split(runs, facts)
+    models = [SkinFusionForImageClassification.from_pretrained(run).eval() for run in runs]
+    soup = soup_of(models)
+    processor = SkinFusionProcessor.from_pretrained(runs[0])
+    lesions = load_split(args, facts[0])
+    inputs = {split: cached_inputs(add_image_features(lesions.splits[split], soup.skin_fusion.backbone, processor,
+                                                      batch_size=args.batch_size)
+                                   if soup.config.uses_image else lesions.splits[split],
+                                   processor, soup.config.uses_image, soup.config.uses_metadata)
+              for split in ("validation", "test")}
+
+    validation_logits, validation_labels = soup_logits(soup, inputs["validation"]), inputs["validation"]["labels"]
+    temperature = fit_temperature(validation_logits, validation_labels)
+    prior = class_prior(lesions.splits["train"]["label"], len(lesions.label_names))
+    offsets, strength = fit_decision_offsets(validation_logits / temperature, validation_labels, prior)
+    soup.config.temperature, soup.config.decision_offsets = temperature, offsets
+
+    test = inputs["test"]
+    probabilities = softmax(soup_logits(soup, test))
+    results = evaluate_probabilities(probabilities, test["labels"], lesions.label_names, offsets)
+    test_metrics = {key: float(results[key]) for key in SCALAR_KEYS}
+    without_metadata = None
+    if soup.config.uses_metadata:
+        without_metadata = {key: float(value) for key, value in evaluate_probabilities(
+            softmax(soup_logits(soup, withhold_metadata(test, processor))), test["labels"], lesions.label_names,
+            offsets).items() if key in SCALAR_KEYS}
+
+    output_dir = Path(args.output_dir)
+    soup.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    columns = facts[0].metadata_columns
+    decided = predicted_classes(torch.from_numpy(np.log(probabilities)), offsets).numpy()
+    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), lesions.label_names,
+                          output_dir / "confusion_matrix.png")
+    plot_roc_curves(probabilities, test["labels"], lesions.label_names, output_dir / "roc_curves.png",
+                    results["roc_auc"])
+    curves = (runs[0] / "training_curves.png").is_file()
+    if curves:
+        shutil.copyfile(runs[0] / "training_curves.png", output_dir / "training_curves.png")
+    seeds = [f.training["seed"] for f in facts]
+    soup_facts = dataclasses.replace(
+        facts[0], model_name=f"{facts[0].model_name}, soup of {len(runs)} runs", repo_or_path=str(output_dir),
+        test_metrics=test_metrics, test_results=results, temperature=temperature,
+        subgroups=subgroup_metrics(metadata_frame(lesions.splits["test"], columns), probabilities, test["labels"],
+                                   columns, predicted=decided),
+        ece_before=expected_calibration_error(softmax(validation_logits), validation_labels),
+        ece_after=expected_calibration_error(softmax(validation_logits / temperature), validation_labels),
+        nll_before=negative_log_likelihood(validation_logits, validation_labels),
+        nll_after=negative_log_likelihood(validation_logits / temperature, validation_labels),
+        test_metrics_without_metadata=without_metadata, image_only_test_metrics=None, decision_strength=strength,
+        curves=curves,
+        training={**facts[0].training, "seed": seeds[0], "soup_seeds": seeds,
+                  "metadata_hidden_sizes": soup.config.metadata_hidden_sizes,
+                  "head_hidden_sizes": soup.config.head_hidden_sizes,
+                  "optimizer_steps": sum(f.training["optimizer_steps"] for f in facts),
+                  "train_runtime": " + ".join(f.training["train_runtime"] for f in facts)},
+    )
+    render_model_card(soup_facts).save(output_dir / "README.md")
+    save_card_facts(soup_facts, output_dir / "card_facts.json")
+    report = {"output_dir": str(output_dir), "runs": [str(run) for run in runs], "seeds": seeds,
+              "test_metrics": test_metrics, "test_metrics_without_metadata": without_metadata,
+              "temperature": temperature, "decision_strength": strength,
+              "runs_test_metrics": [f.test_metrics for f in facts],
+              "runs_test_metrics_without_metadata": [f.test_metrics_without_metadata for f in facts],
+              "soup_seconds": round(time.perf_counter() - started, 1)}
+    (output_dir / "soup_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Soup saved runs from the command line; prints the soup's test figures."""
+    (args,) = HfArgumentParser(SoupArguments).parse_args_into_dataclasses(args=argv)
+    report = save_soup(args)
+    print(json.dumps({key: report[key] for key in ("test_metrics", "test_metrics_without_metadata")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`python -m skin_fusion.training.soup` on two tiny train.py runs: a saved, calibrated, scored soup with its card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+from safetensors.torch import save_file
+from transformers import AutoModelForImageClassification
+
+import skin_fusion  # noqa: F401  (registers the Auto classes)
+from skin_fusion.reports.model_card import load_card_facts, render_model_card
+from skin_fusion.training.soup import main
+from tests.training.test_run import train
+
+LESION_FOLDER = dict(n_images=300, image_size=64, seed=5)  # the `lesion_folder` fixture (conftest.py) generates it
+QUICK = ["--num_train_epochs", "6", "--compare_image_only", "False", "--split_seed", "0"]
+FINE_TUNING = ["--backbone_learning_rate", "3e-4", "--backbone_weights", "file", "--backbone_weights_file"]
+
+
+@pytest.fixture(scope="module")
+def pretrained_backbone(lesion_folder, tmp_path_factory) -> Path:
+    """A tiny backbone trained on the folder, saved as a state dict: the shared starting point that ImageNet weights
+    are for real runs (averaging backbones trained from different random starts would be meaningless)."""
+    output_dir = tmp_path_factory.mktemp("pretraining")
+    train(lesion_folder, output_dir, *QUICK)
+    path = output_dir / "backbone.safetensors"
+    backbone = AutoModelForImageClassification.from_pretrained(output_dir).skin_fusion.backbone
+    save_file({name: value.contiguous() for name, value in backbone.state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_runs(lesion_folder, pretrained_backbone, tmp_path_factory) -> list[Path]:
+    """Two seeds of one recipe fine-tuning the same pretrained backbone, as the preset's runs do."""
+    runs = []
+    for seed in (1, 2):
+        output_dir = tmp_path_factory.mktemp(f"seed{seed}")
+        train(lesion_folder, output_dir, *QUICK, *FINE_TUNING, str(pretrained_backbone), "--seed", str(seed))
+        runs.append(output_dir)
+    return runs
+
+
+def test_a_soup_is_saved_calibrated_scored_and_carded(two_runs, lesion_folder, tmp_path):
+    out = tmp_path / "soup"
+    assert main(["--runs", *map(str, two_runs), "--output_dir", str(out), "--dataset", str(lesion_folder),
+                 "--test_size", "0.3", "--validation_size", "0.15"]) == 0
+    report = json.loads((out / "soup_report.json").read_text())
+    assert report["seeds"] == [1, 2]
+    # Chance is 1/3; the soup is at least about as good as its runs alone.
+    runs_alone = [m["balanced_accuracy"] for m in report["runs_test_metrics"]]
+    assert min(runs_alone) > 0.5 and report["test_metrics"]["balanced_accuracy"] > min(runs_alone) - 0.05
+    assert report["test_metrics_without_metadata"] is not None
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.config.head_hidden_sizes == [2 * 64] and model.config.temperature == report["temperature"] != 1.0
+    assert model.config.decision_offsets is not None
+    facts = load_card_facts(out / "card_facts.json")
+    card = (out / "README.md").read_text()
+    assert card.rstrip() == str(render_model_card(facts)).rstrip()
+    assert "A soup of these 2 runs" in card and "seeds 1, 2" in card
+    scores = {r.metric_type: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert scores["balanced_accuracy"] == pytest.approx(report["test_metrics"]["balanced_accuracy"], abs=1e-4)
+    for name in ("confusion_matrix.png", "roc_curves.png", "preprocessor_config.json", "modeling_skin_fusion.py"):
+        assert (out / name).is_file(), name
+
+
+def test_a_soup_refuses_runs_of_other_splits_and_sizes_that_do_not_reproduce_theirs(two_runs, lesion_folder, tmp_path):
+    other = tmp_path / "other-split"
+    train(lesion_folder, other, *QUICK, "--split_seed", "1", "--num_train_epochs", "1")
+    with pytest.raises(ValueError, match="one split only"):
+        main(["--runs", str(two_runs[0]), str(other), "--output_dir", str(tmp_path / "soup"),
+              "--dataset", str(lesion_folder), "--test_size", "0.3", "--validation_size", "0.15"])
+    with pytest.raises(ValueError, match="pass the runs' sizes"):
+        main(["--runs", *map(str, two_runs), "--output_dir", str(tmp_path / "soup"), "--dataset", str(lesion_folder)])
+    assert not (tmp_path / "soup").exists()
