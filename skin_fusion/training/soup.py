@@ -47,7 +47,10 @@ from .run import softmax
 
 # Config fields that must agree for runs to be souped (the seed and the fitted calibration may differ).
 ARCHITECTURE_FIELDS = ("backbone", "image_size", "modality", "metadata_hidden_sizes", "head_hidden_sizes",
-                       "numeric_features", "categorical_features", "missing_metadata", "id2label")
+                       "numeric_features", "categorical_features", "missing_metadata", "id2label",
+                       "backbone_weights", "backbone_weights_file")
+# Training facts that may differ between the runs of one recipe.
+PER_RUN_FACTS = ("seed", "optimizer_steps", "train_runtime", "machine")
 
 
 def check_soup_ingredients(models: list[SkinFusionForImageClassification]) -> None:
@@ -56,19 +59,25 @@ def check_soup_ingredients(models: list[SkinFusionForImageClassification]) -> No
         raise ValueError(f"A soup needs at least two trained runs; got {len(models)}. Pass several run folders of "
                          "one recipe (e.g. --seed 42, 43 and 44).")
     first = models[0].config.to_dict()
+    if models[0].config.uses_image and models[0].config.backbone_weights == "none":
+        raise ValueError("These runs' backbones started from their own random weights (backbone_weights='none'): "
+                         "averaging them would mix unrelated features. Soup runs that fine-tuned the same pretrained "
+                         "weights (e.g. --backbone_weights lite).")
     for model in models[1:]:
         other = model.config.to_dict()
         differing = [name for name in ARCHITECTURE_FIELDS if first.get(name) != other.get(name)]
         if differing:
             raise ValueError(f"{model.name_or_path} differs from {models[0].name_or_path} in {', '.join(differing)}: "
-                             "only runs of one recipe (same backbone, widths, classes and metadata encoding; "
-                             "different seeds) can be souped.")
+                             "only runs of one recipe (same backbone and its starting weights, widths, classes and "
+                             "metadata encoding; different seeds) can be souped.")
 
 
 def averaged_state(modules: list[nn.Module]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of the modules' floating-point weights and buffers (others: the first module's)."""
+    """The element-wise mean of the modules' floating-point weights and buffers (others, such as batch norms' step
+    counts: the first module's). Batch-norm statistics are averaged too, not estimated again; the mean is taken in
+    float64, so weights equal in every module (frozen stages) stay exactly as they were."""
     states = [module.state_dict() for module in modules]
-    return {name: torch.stack([state[name].float() for state in states]).mean(0).to(value.dtype)
+    return {name: torch.stack([state[name].double() for state in states]).mean(0).to(value.dtype)
             if value.is_floating_point() else value.clone()
             for name, value in states[0].items()}
 
@@ -107,6 +116,7 @@ def averaged_output_linear(layers: list[nn.Linear], scales: list[float], shared_
 
 
 def linear_layers(stack: nn.Module) -> list[nn.Linear]:
+    """The linear layers of `stack`, in order."""
     return [module for module in stack.modules() if isinstance(module, nn.Linear)]
 
 
@@ -159,15 +169,37 @@ class SoupArguments:
     runs: list[str] = field(metadata={"help": "Saved runs of one recipe and split (train.py output folders), e.g. "
                                               "the same preset trained with --seed 42, 43 and 44."})
     output_dir: str = field(metadata={"help": "Where the soup is saved (model, processor, card, plots, report)."})
+    validation_size: float = field(metadata={"help": "The runs' --validation_size (0.1 for --preset ham10000)."})
+    test_size: float = field(metadata={"help": "The runs' --test_size (0.2 for --preset ham10000)."})
     dataset: str | None = field(default=None, metadata={"help": "The runs' data set (default: as their cards say)."})
-    validation_size: float = field(default=0.1, metadata={"help": "The runs' --validation_size."})
-    test_size: float = field(default=0.2, metadata={"help": "The runs' --test_size."})
     batch_size: int = field(default=64, metadata={"help": "Images per backbone call when scoring."})
+
+
+def check_same_recipe(runs: list[Path], facts: list[ModelCardFacts], output_dir: Path) -> None:
+    """Raise unless the runs are distinct runs (not soups) of one recipe, with one processor, and `output_dir` is
+    none of them and holds no model yet."""
+    if len(set(map(Path.resolve, runs))) < len(runs) or output_dir.resolve() in map(Path.resolve, runs):
+        raise ValueError("Pass each run once, and an --output_dir that is none of the runs.")
+    if (output_dir / "config.json").exists():
+        raise FileExistsError(f"{output_dir} already holds a model; pass a new --output_dir (nothing was written).")
+    recipes = [{key: value for key, value in f.training.items() if key not in PER_RUN_FACTS} for f in facts]
+    for run, recipe, other in zip(runs[1:], recipes[1:], facts[1:]):
+        differing = sorted(key for key in recipe.keys() | recipes[0].keys() if recipe.get(key) != recipes[0].get(key))
+        if differing:
+            raise ValueError(f"{run} was trained differently from {runs[0]} ({', '.join(differing)}): soup runs of "
+                             "one recipe that differ only in their --seed.")
+        if "soup_seeds" in other.training:
+            raise ValueError(f"{run} is a soup already; pass the runs it was made of.")
+    processors = [SkinFusionProcessor.from_pretrained(run).to_dict() for run in runs]
+    for run, processor in zip(runs[1:], processors[1:]):
+        if processor != processors[0]:
+            raise ValueError(f"{run}'s processor (image transform or metadata encoding) differs from {runs[0]}'s: "
+                             "soup runs trained on one split, whose processors were fitted on the same rows.")
 
 
 def check_same_split(runs: list[Path], facts: list[ModelCardFacts]) -> None:
     """Raise unless every run was trained on the same data set and split (its source, split seed and sizes)."""
-    def split_of(f: ModelCardFacts) -> tuple:
+    def split_of(f: ModelCardFacts) -> tuple[str, int | None, dict[str, int]]:
         return f.dataset_source, f.training.get("split_seed"), f.split_sizes
 
     for run, other in zip(runs[1:], facts[1:]):
@@ -181,6 +213,9 @@ def load_split(args: SoupArguments, facts: ModelCardFacts) -> LesionDataset:
     lesions = load_lesion_dataset(args.dataset or facts.dataset_source, validation_size=args.validation_size,
                                   test_size=args.test_size, seed=facts.training["split_seed"])
     sizes = {name: len(split) for name, split in lesions.splits.items()}
+    if lesions.label_names != facts.label_names:
+        raise ValueError(f"{args.dataset or facts.dataset_source} has the classes {lesions.label_names}, the runs "
+                         f"{facts.label_names}: pass the data set they were trained on with --dataset.")
     if sizes != facts.split_sizes:
         raise ValueError(f"--validation_size {args.validation_size} and --test_size {args.test_size} give splits "
                          f"{sizes}, but the runs were trained on {facts.split_sizes}: pass the runs' sizes, or the "
@@ -208,6 +243,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     if missing:
         raise FileNotFoundError(f"No card_facts.json in {', '.join(missing)}: pass folders written by train.py.")
     facts = [load_card_facts(run / "card_facts.json") for run in runs]
+    check_same_recipe(runs, facts, Path(args.output_dir))
     check_same_split(runs, facts)
     models = [SkinFusionForImageClassification.from_pretrained(run).eval() for run in runs]
     soup = soup_of(models)
@@ -238,7 +274,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     soup.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    columns = facts[0].metadata_columns
+    columns = lesions.numeric_columns + lesions.categorical_columns
     decided = predicted_classes(torch.from_numpy(np.log(probabilities)), offsets).numpy()
     plot_confusion_matrix(np.asarray(results["confusion_matrix"]), lesions.label_names,
                           output_dir / "confusion_matrix.png")
@@ -259,7 +295,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
         nll_after=negative_log_likelihood(validation_logits / temperature, validation_labels),
         test_metrics_without_metadata=without_metadata, image_only_test_metrics=None, decision_strength=strength,
         curves=curves,
-        training={**facts[0].training, "seed": seeds[0], "soup_seeds": seeds,
+        training={**facts[0].training, "seed": None, "soup_seeds": seeds,
                   "metadata_hidden_sizes": soup.config.metadata_hidden_sizes,
                   "head_hidden_sizes": soup.config.head_hidden_sizes,
                   "optimizer_steps": sum(f.training["optimizer_steps"] for f in facts),

@@ -59,19 +59,26 @@ def test_a_soup_is_saved_calibrated_scored_and_carded(two_runs, lesion_folder, t
     facts = load_card_facts(out / "card_facts.json")
     card = (out / "README.md").read_text()
     assert card.rstrip() == str(render_model_card(facts)).rstrip()
-    assert "A soup of these 2 runs" in card and "seeds 1, 2" in card
+    assert "A soup of these 2 runs" in card and "seeds 1, 2 (one run each) (split seed 0)" in card
     scores = {r.metric_type: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
     assert scores["balanced_accuracy"] == pytest.approx(report["test_metrics"]["balanced_accuracy"], abs=1e-4)
     for name in ("confusion_matrix.png", "roc_curves.png", "preprocessor_config.json", "modeling_skin_fusion.py"):
         assert (out / name).is_file(), name
 
 
-def test_a_soup_refuses_runs_of_other_splits_and_sizes_that_do_not_reproduce_theirs(two_runs, lesion_folder, tmp_path):
-    other = tmp_path / "other-split"
-    train(lesion_folder, other, *QUICK, "--split_seed", "1", "--num_train_epochs", "1")
-    with pytest.raises(ValueError, match="one split only"):
-        main(["--runs", str(two_runs[0]), str(other), "--output_dir", str(tmp_path / "soup"),
-              "--dataset", str(lesion_folder), "--test_size", "0.3", "--validation_size", "0.15"])
+def test_a_soup_refuses_runs_of_other_recipes_splits_and_sizes_that_do_not_reproduce_theirs(
+        two_runs, lesion_folder, pretrained_backbone, tmp_path):
+    sizes = ["--test_size", "0.3", "--validation_size", "0.15", "--dataset", str(lesion_folder)]
+    out = tmp_path / "soup"
+    other_split = tmp_path / "other-split"
+    train(lesion_folder, other_split, *QUICK, *FINE_TUNING, str(pretrained_backbone), "--split_seed", "1")
+    with pytest.raises(ValueError, match="trained differently .*split_seed"):
+        main(["--runs", str(two_runs[0]), str(other_split), "--output_dir", str(out), *sizes])
     with pytest.raises(ValueError, match="pass the runs' sizes"):
-        main(["--runs", *map(str, two_runs), "--output_dir", str(tmp_path / "soup"), "--dataset", str(lesion_folder)])
-    assert not (tmp_path / "soup").exists()
+        main(["--runs", *map(str, two_runs), "--output_dir", str(out), *sizes[:2], "--validation_size", "0.2",
+              "--dataset", str(lesion_folder)])
+    with pytest.raises(ValueError, match="each run once"):
+        main(["--runs", str(two_runs[0]), str(two_runs[0]), "--output_dir", str(out), *sizes])
+    with pytest.raises(ValueError, match="none of the runs"):
+        main(["--runs", *map(str, two_runs), "--output_dir", str(two_runs[1]), *sizes])
+    assert not out.exists()
