@@ -64,9 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_predictor(model: str, runtime: str = "torch") -> SkinFusionPredictor:
     """The predictor, or `ModelNotFoundError`; the default path is never looked up on the Hub."""
     if model == DEFAULT_MODEL and not Path(model).is_dir():
-        raise ModelNotFoundError(f"No model at {DEFAULT_MODEL}. Restore it from git, or make it with:\n\n"
-                                 "    python train.py --preset ham10000 --dataset PATH/TO/ham10000\n\n"
-                                 "or pass --model PATH_OR_HUB_ID (or set SKIN_FUSION_MODEL).")
+        raise ModelNotFoundError(f"No model at {DEFAULT_MODEL}. Restore it from git (git checkout -- {DEFAULT_MODEL}), "
+                                 "or train one run of its recipe and serve it:\n\n"
+                                 "    python train.py --preset ham10000 --dataset PATH/TO/ham10000\n"
+                                 "    python app.py --model outputs/ham10000\n\n"
+                                 "(the README's 'Reproduce it' makes the shipped soup of three runs), or pass --model "
+                                 "PATH_OR_HUB_ID (or set SKIN_FUSION_MODEL).")
     return SkinFusionPredictor.from_pretrained(model, runtime=runtime)
 
 

@@ -22,12 +22,13 @@ DEFAULT_OUTPUT_DIR = "outputs/skin-fusion"
 # The dataclass defaults below are the demo preset; other presets override some of them.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
-    # The shipped HAM10000 model (models/skin-fusion-ham10000): offline ImageNet EfficientNet-Lite0 at 224 px; its
+    # One run of the shipped HAM10000 model (models/skin-fusion-ham10000: a soup of this preset's seeds 42, 43 and 44,
+    # see skin_fusion/training/soup.py): offline ImageNet EfficientNet-Lite0 at 224 px; its
     # stem and first five stages frozen, their output maps cached once per image and view (the image, its two flips
     # and its half turn); the last two stages, the metadata MLP and the head trained on them with metadata masked at
     # random and no class weights (the decisions are balanced by the logit adjustment fitted on validation instead),
     # checkpointed at every evaluation. Measured in docs/experiments/ham10000-last-stages.
-    # Run: python train.py --preset ham10000 --dataset ../shared/data/ham10000
+    # Run: python train.py --preset ham10000 --dataset ../shared/data/ham10000 [--seed 43 --output_dir ...]
     "ham10000": {
         "backbone": "tf_efficientnet_lite0", "image_size": 224, "backbone_weights": "lite",
         "cache_image_features": True, "unfreeze_last_blocks": 2, "freeze_epochs": 0, "num_train_epochs": 2,
@@ -35,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "per_device_eval_batch_size": 128, "learning_rate": 2e-3, "backbone_learning_rate": 3e-4,
         "warmup_steps": 0.1, "eval_strategy": "steps", "eval_steps": 0.125, "validation_size": 0.1, "test_size": 0.2,
         "split_seed": 42, "balancing": "none", "metadata_dropout": 0.1,
-        "metadata_row_dropout": 0.25, "logging_steps": 20, "output_dir": "models/skin-fusion-ham10000",
+        "metadata_row_dropout": 0.25, "logging_steps": 20, "output_dir": "outputs/ham10000",
     },
     "study": {
         "backbone": "tf_efficientnet_b4", "image_size": 380, "backbone_weights": "hub",

@@ -237,6 +237,7 @@ def test_main_without_the_shipped_model_prints_how_to_restore_or_train_it(tmp_pa
     message = capsys.readouterr().err
     assert f"No model at {app.DEFAULT_MODEL}. Restore it from git" in message
     assert "python train.py --preset ham10000 --dataset PATH/TO/ham10000" in message
+    assert "python app.py --model outputs/ham10000" in message
 
 
 def test_app_script_without_a_model_exits_non_zero_without_a_traceback(tmp_path):

@@ -76,7 +76,7 @@ def test_the_cards_are_generated_from_the_runs_facts_not_typed():
     assert (SHIPPED / "README.md").read_text().rstrip() == str(render_model_card(facts)).rstrip()
     top_level = (REPO / "model_card.md").read_text()
     assert top_level.rstrip() == str(render_model_card(facts, assets="models/skin-fusion-ham10000/")).rstrip()
-    report = json.loads((SHIPPED / "training_report.json").read_text())
+    report = json.loads((SHIPPED / "soup_report.json").read_text())
     card = ModelCard.load(REPO / "model_card.md")
     scores = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert scores["balanced_accuracy"] == pytest.approx(report["test_metrics"]["balanced_accuracy"], abs=1e-4)
@@ -102,7 +102,9 @@ def test_the_ham10000_preset_is_the_shipped_models_recipe(tmp_path):
         "cached_views": ", ".join(args.cache_train_views), "epochs": f"{args.num_train_epochs:g}",
         "batch_size": args.per_device_train_batch_size, "learning_rate": args.learning_rate,
         "backbone_learning_rate": args.backbone_learning_rate, "unfreeze_last_blocks": args.unfreeze_last_blocks,
-        "freeze_epochs": args.freeze_epochs, "seed": args.seed, "split_seed": data_args.split_seed,
+        "freeze_epochs": args.freeze_epochs, "split_seed": data_args.split_seed,
         "metadata_dropout": model_args.metadata_dropout, "metadata_row_dropout": model_args.metadata_row_dropout,
     }
     assert {name: trained[name] for name in expected} == expected
+    # A soup of the preset's runs: its default seed and the two after it (README: "Reproduce the shipped model").
+    assert trained["soup_seeds"] == [args.seed, args.seed + 1, args.seed + 2]
