@@ -1,14 +1,15 @@
 """Soups of training runs against the runs alone, on the lesion-grouped test split they were scored on.
 
-    python -m bench.model_soup RUN_DIR [RUN_DIR ...] [--size 3] [--data ../shared/data/ham10000] [--split_seed 42]
+    python -m bench.model_soup RUN_DIR [RUN_DIR ...] [--sizes 3 6] [--data ../shared/data/ham10000] [--split_seed 42]
         [--out bench/results/model_soup]
 
 A soup (`skin_fusion.training.soup`) averages the runs' backbones and keeps their heads side by side: one model, one
-backbone forward. Every combination of `--size` runs is souped (default: all runs, one soup); each soup's temperature
-and decision offsets are fitted on validation as train.py fits one run's. Test balanced accuracy, macro AUC and ECE of
-every run alone (its saved calibration) and of every soup, with the metadata as recorded and with nothing recorded,
-from the original image (what the app serves by default). The runs must share their frozen early stages (runs of one
-preset do): those run once per image through the library's feature cache. Writes OUT.json and OUT.md.
+backbone forward. Every combination of each of `--sizes` runs is souped (default: all runs, one soup); each soup's
+temperature and decision offsets are fitted on validation as train.py fits one run's. Test balanced accuracy, macro
+AUC and ECE of every run alone (its saved calibration) and of every soup, with the metadata as recorded and with
+nothing recorded, from the original image (what the app serves by default). The runs must share their frozen early
+stages (runs of one preset do): those run once per image through the library's feature cache. Writes OUT.json and
+OUT.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import argparse
 import itertools
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,18 +26,15 @@ from sklearn.metrics import roc_auc_score
 
 from bench.machine_info import machine_info
 from bench.seed_summary import mean_sd
-from bench.test_time_flips import check_split, first_trained_stage, model_probabilities
+from bench.test_time_flips import add_run_arguments, cached_split, load_saved_runs, model_probabilities
 from skin_fusion import SkinFusionForImageClassification, SkinFusionProcessor
-from skin_fusion.data.feature_cache import add_image_features, cached_inputs, withhold_metadata
-from skin_fusion.data.loading import load_lesion_dataset
+from skin_fusion.data.feature_cache import withhold_metadata
 from skin_fusion.evaluation.metrics import balanced_accuracy, expected_calibration_error
 from skin_fusion.modeling.modeling_skin_fusion import predicted_classes
 from skin_fusion.threads import configure_torch_threads
 from skin_fusion.training.calibration import class_prior, fit_decision_offsets, fit_temperature
 from skin_fusion.training.soup import soup_of
-from skin_fusion.weights.backbone_weights import load_backbone_weights
 
-REPO = Path(__file__).resolve().parents[1]
 WAYS = ("recorded", "nothing recorded")
 
 
@@ -98,36 +95,24 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="saved fusion runs of one recipe, trained on one split")
-    parser.add_argument("--size", type=int, default=None, help="runs per soup (default: all of them)")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ham10000")
-    parser.add_argument("--split_seed", type=int, default=42)
-    parser.add_argument("--validation_size", type=float, default=0.1)
-    parser.add_argument("--test_size", type=float, default=0.2)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "model_soup")
+    add_run_arguments(parser, "model_soup")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="runs per soup; every combination of each size is souped (default: all runs, one soup)")
     args = parser.parse_args()
     configure_torch_threads()
     started = time.perf_counter()
 
-    lesions = load_lesion_dataset(str(args.data), validation_size=args.validation_size, test_size=args.test_size,
-                                  seed=args.split_seed)
-    for run in args.runs:
-        check_split(run, lesions, args.split_seed)
-    models = [SkinFusionForImageClassification.from_pretrained(run).eval() for run in args.runs]
-    processor = SkinFusionProcessor.from_pretrained(args.runs[0])
-    reference = SkinFusionForImageClassification(models[0].config)
-    load_backbone_weights(reference)
-    stage = first_trained_stage(models, reference)
-    inputs = {split: cached_inputs(add_image_features(lesions.splits[split], reference.skin_fusion.backbone, processor,
-                                                      stage=stage), processor, True, True)
-              for split in ("validation", "test")}
+    saved = load_saved_runs(args)
+    lesions, models, processor, stage = saved.lesions, saved.models, saved.processor, saved.stage
+    inputs = {split: cached_split(saved, split) for split in ("validation", "test")}
     prior = class_prior(lesions.splits["train"]["label"], len(lesions.label_names))
 
     results = []
     for run, model in zip(args.runs, models):
         results.append({"name": run.name, "kind": "run alone", **model_readings(model, inputs, stage, processor)})
         print(json.dumps(results[-1]), flush=True)
-    for members in itertools.combinations(range(len(models)), args.size or len(models)):
+    sizes = args.sizes or [len(models)]
+    for members in (m for size in sizes for m in itertools.combinations(range(len(models)), size)):
         soup = soup_of([models[i] for i in members])
         calibrate(soup, inputs["validation"], stage, prior)
         name = "soup of " + ", ".join(args.runs[i].name for i in members)

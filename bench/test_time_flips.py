@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,47 @@ def first_trained_stage(models: list[SkinFusionForImageClassification],
         frozen = [same(block, fresh_block) for block, fresh_block in zip(backbone.blocks, fresh.blocks)]
         stages.append(frozen.index(False) if False in frozen else len(frozen))
     return min(stages)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """Saved runs, the data set and split they were trained on, and the output stem (`bench/results/OUT`)."""
+    parser.add_argument("runs", nargs="+", type=Path, help="saved model folders trained on the same split")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ham10000")
+    parser.add_argument("--split_seed", type=int, default=42)
+    parser.add_argument("--validation_size", type=float, default=0.1)
+    parser.add_argument("--test_size", type=float, default=0.2)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / out)
+
+
+@dataclass
+class SavedRuns:
+    """Saved runs that share their frozen early stages, loaded with their split."""
+
+    lesions: LesionDataset
+    models: list[SkinFusionForImageClassification]
+    processor: SkinFusionProcessor
+    reference: SkinFusionForImageClassification  # the ImageNet model whose early stages every run kept
+    stage: int  # the first stage any run trained: the cached maps enter it
+
+
+def load_saved_runs(args: argparse.Namespace) -> SavedRuns:
+    """The runs of `args` (see `add_run_arguments`), checked against their split."""
+    lesions = load_lesion_dataset(str(args.data), validation_size=args.validation_size, test_size=args.test_size,
+                                  seed=args.split_seed)
+    for run in args.runs:
+        check_split(run, lesions, args.split_seed)
+    models = [SkinFusionForImageClassification.from_pretrained(run).eval() for run in args.runs]
+    reference = SkinFusionForImageClassification(models[0].config)
+    load_backbone_weights(reference)
+    return SavedRuns(lesions, models, SkinFusionProcessor.from_pretrained(args.runs[0]), reference,
+                     first_trained_stage(models, reference))
+
+
+def cached_split(runs: SavedRuns, split: str, view: str = "original") -> dict[str, np.ndarray]:
+    """A split's maps entering `runs.stage` (from the feature cache), encoded metadata and labels."""
+    maps = add_image_features(runs.lesions.splits[split], runs.reference.skin_fusion.backbone, runs.processor,
+                              view=view, stage=runs.stage)
+    return cached_inputs(maps, runs.processor, True, True)
 
 
 def fit_per_class_offsets(log_probabilities: np.ndarray, labels: np.ndarray, start: np.ndarray,
@@ -171,27 +213,14 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="saved model folders trained on the same split")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ham10000")
-    parser.add_argument("--split_seed", type=int, default=42)
-    parser.add_argument("--validation_size", type=float, default=0.1)
-    parser.add_argument("--test_size", type=float, default=0.2)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "test_time_flips")
+    add_run_arguments(parser, "test_time_flips")
     args = parser.parse_args()
     configure_torch_threads()
     started = time.perf_counter()
 
-    lesions = load_lesion_dataset(str(args.data), validation_size=args.validation_size, test_size=args.test_size,
-                                  seed=args.split_seed)
-    for run in args.runs:
-        check_split(run, lesions, args.split_seed)
-    models = [SkinFusionForImageClassification.from_pretrained(run).eval() for run in args.runs]
-    processor = SkinFusionProcessor.from_pretrained(args.runs[0])
-    reference = SkinFusionForImageClassification(models[0].config)
-    load_backbone_weights(reference)
-    stage = first_trained_stage(models, reference)
-    inputs = {(split, view): cached_inputs(add_image_features(lesions.splits[split], reference.skin_fusion.backbone,
-                                                              processor, view=view, stage=stage), processor, True, True)
+    saved = load_saved_runs(args)
+    lesions, models, processor, stage = saved.lesions, saved.models, saved.processor, saved.stage
+    inputs = {(split, view): cached_split(saved, split, view)
               for split, view in (("validation", "original"), ("test", "original"), ("test", "hflip"))}
     labels = {split: inputs[split, "original"]["labels"] for split in ("validation", "test")}
 
