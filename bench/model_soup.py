@@ -32,7 +32,7 @@ from skin_fusion.data.feature_cache import withhold_metadata
 from skin_fusion.evaluation.metrics import balanced_accuracy, expected_calibration_error
 from skin_fusion.modeling.modeling_skin_fusion import predicted_classes
 from skin_fusion.threads import configure_torch_threads
-from skin_fusion.training.calibration import class_prior, fit_decision_offsets, fit_temperature
+from skin_fusion.training.calibration import fit_on_validation
 from skin_fusion.training.soup import soup_of
 
 WAYS = ("recorded", "nothing recorded")
@@ -46,13 +46,12 @@ def figures(probabilities: np.ndarray, labels: np.ndarray, offsets: list[float] 
 
 
 def calibrate(model: SkinFusionForImageClassification, validation: dict[str, np.ndarray], stage: int,
-              prior: np.ndarray) -> None:
+              train_labels: np.ndarray, num_classes: int) -> None:
     """Fit `model`'s temperature and decision offsets on the cached validation rows, as train.py does."""
     model.config.temperature, model.config.decision_offsets = 1.0, None
     log_probabilities = np.log(model_probabilities(model, validation, stage))
-    model.config.temperature = fit_temperature(log_probabilities, validation["labels"])
-    model.config.decision_offsets, _ = fit_decision_offsets(log_probabilities / model.config.temperature,
-                                                            validation["labels"], prior)
+    fitted = fit_on_validation(log_probabilities, validation["labels"], train_labels, num_classes)
+    model.config.temperature, model.config.decision_offsets = fitted.temperature, fitted.decision_offsets
 
 
 def model_readings(model: SkinFusionForImageClassification, inputs: dict[str, dict[str, np.ndarray]], stage: int,
@@ -105,7 +104,7 @@ def main() -> None:
     saved = load_saved_runs(args)
     lesions, models, processor, stage = saved.lesions, saved.models, saved.processor, saved.stage
     inputs = {split: cached_split(saved, split) for split in ("validation", "test")}
-    prior = class_prior(lesions.splits["train"]["label"], len(lesions.label_names))
+    train_labels = np.asarray(lesions.splits["train"]["label"])
 
     results = []
     for run, model in zip(args.runs, models):
@@ -114,7 +113,7 @@ def main() -> None:
     sizes = args.sizes or [len(models)]
     for members in (m for size in sizes for m in itertools.combinations(range(len(models)), size)):
         soup = soup_of([models[i] for i in members])
-        calibrate(soup, inputs["validation"], stage, prior)
+        calibrate(soup, inputs["validation"], stage, train_labels, len(lesions.label_names))
         name = "soup of " + ", ".join(args.runs[i].name for i in members)
         results.append({"name": name, "kind": f"soup of {len(members)}",
                         **model_readings(soup, inputs, stage, processor)})

@@ -60,6 +60,14 @@ def plot_roc_curves(probabilities: np.ndarray, labels: np.ndarray, label_names: 
     return save_figure(figure, path)
 
 
+def plot_test_results(results: dict[str, Any], probabilities: np.ndarray, labels: np.ndarray, label_names: list[str],
+                      output_dir: Path) -> None:
+    """`confusion_matrix.png` and `roc_curves.png` of a test split's `results` (the lesion metric's), in
+    `output_dir`: the plots a model card shows."""
+    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), label_names, output_dir / "confusion_matrix.png")
+    plot_roc_curves(probabilities, labels, label_names, output_dir / "roc_curves.png", results["roc_auc"])
+
+
 def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path | None:
     """Training loss, validation loss and validation balanced accuracy by epoch (the Trainer's `log_history`), as a
     PNG; `None` when the run logged no evaluation."""

@@ -8,13 +8,20 @@ log-likelihood; it changes confidences, never the predicted class. The measures 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
+from scipy.special import log_softmax, softmax
 
-from ..evaluation.metrics import as_numpy, balanced_accuracy, check_scores_and_labels
+from ..evaluation.metrics import (
+    as_numpy,
+    balanced_accuracy,
+    check_scores_and_labels,
+    expected_calibration_error,
+    negative_log_likelihood,
+)
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 # Strengths of the post-hoc logit adjustment tried on validation data (0 = the most probable class is the decision).
@@ -87,3 +94,33 @@ def fit_decision_offsets(
     scores = [balanced_accuracy(labels, (log_probabilities - tau * log_prior).argmax(axis=1)) for tau in strengths]
     tau = float(strengths[int(np.argmax(scores))])
     return [float(v) for v in -tau * log_prior], tau
+
+
+@dataclass
+class ValidationCalibration:
+    """What is fitted on the validation split after training, and how calibrated it was before and after."""
+
+    temperature: float
+    decision_offsets: list[float] | None
+    decision_strength: float  # tau of the logit adjustment (0: the most probable class is the decision)
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+
+
+def fit_on_validation(logits: np.ndarray, labels: np.ndarray, train_labels: np.ndarray, num_classes: int,
+                      calibrate: bool = True, tune_decisions: bool = True) -> ValidationCalibration:
+    """The temperature (if `calibrate`) and the logit adjustment for balanced accuracy (if `tune_decisions`; class
+    prior from `train_labels`) fitted on the validation `logits` of a model whose temperature is 1."""
+    temperature = fit_temperature(logits, labels) if calibrate else 1.0
+    offsets, strength = None, 0.0
+    if tune_decisions:
+        offsets, strength = fit_decision_offsets(logits / temperature, labels, class_prior(train_labels, num_classes))
+    return ValidationCalibration(
+        temperature=temperature, decision_offsets=offsets, decision_strength=strength,
+        ece_before=expected_calibration_error(softmax(logits, axis=1), labels),
+        ece_after=expected_calibration_error(softmax(logits / temperature, axis=1), labels),
+        nll_before=negative_log_likelihood(logits, labels),
+        nll_after=negative_log_likelihood(logits / temperature, labels),
+    )

@@ -18,6 +18,7 @@ import datasets
 import numpy as np
 import torch
 from accelerate import PartialState
+from scipy.special import softmax
 from transformers import EarlyStoppingCallback, set_seed
 
 from ..data.balancing import class_weights, describe_balancing, sample_weights
@@ -26,8 +27,8 @@ from ..data.known_datasets import hub_license_of
 from ..data.loading import LesionDataset, load_lesion_dataset
 from ..data.model_inputs import cached_feature_splits, metadata_frame, training_split, with_model_inputs
 from ..data.synthetic import ensure_default_dataset, is_complete
-from ..evaluation.metrics import SCALAR_KEYS, build_compute_metrics, expected_calibration_error, negative_log_likelihood
-from ..evaluation.plots import plot_confusion_matrix, plot_roc_curves, plot_training_curves
+from ..evaluation.metrics import SCALAR_KEYS, build_compute_metrics
+from ..evaluation.plots import plot_test_results, plot_training_curves
 from ..evaluation.subgroups import MIN_SUBGROUP_SIZE, evaluate_probabilities, subgroup_metrics
 from ..modeling.backbones import check_stage_split
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
@@ -38,7 +39,7 @@ from ..reports.model_card import ModelCardFacts, render_model_card, save_card_fa
 from ..threads import configure_torch_threads
 from ..weights.backbone_weights import load_backbone_weights
 from .arguments import DataArguments, ModelArguments, SkinFusionTrainingArguments
-from .calibration import class_prior, fit_decision_offsets, fit_temperature
+from .calibration import fit_on_validation
 from .checkpoints import last_complete_checkpoint, remove_checkpoints
 from .hub import push_model_directory
 from .trainer import BackboneFreezeCallback, BestWeightsInMemoryCallback, SkinFusionTrainer
@@ -213,11 +214,6 @@ def predict_logits(trainer: SkinFusionTrainer, split: datasets.Dataset) -> tuple
     return np.asarray(logits, dtype=np.float64), np.asarray(output.label_ids)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def run_training(
     model_args: ModelArguments, data_args: DataArguments, args: SkinFusionTrainingArguments
 ) -> TrainingReport:
@@ -263,36 +259,30 @@ def run_training(
     runtime = time.perf_counter() - started
     model = trainer.model
 
-    # Calibration: one temperature fitted on the validation split (the model's logits are divided by it).
+    # Calibration: one temperature fitted on the validation split (the model's logits are divided by it). Decisions:
+    # the arg-max after a post-hoc logit adjustment fitted on validation for balanced accuracy; the class-weighted
+    # loss alone leaves rare classes under-predicted. The probabilities stay calibrated.
     validation_logits, validation_labels = predict_logits(trainer, validation)
-    temperature = fit_temperature(validation_logits, validation_labels) if args.calibrate else 1.0
-    ece_before = expected_calibration_error(softmax(validation_logits), validation_labels)
-    ece_after = expected_calibration_error(softmax(validation_logits / temperature), validation_labels)
-    model.config.temperature = temperature
-    # Decisions: the arg-max after a post-hoc logit adjustment fitted on validation for balanced accuracy; the
-    # class-weighted loss alone leaves rare classes under-predicted. The probabilities stay calibrated.
-    decision_strength = 0.0
-    if args.tune_decisions:
-        prior = class_prior(lesions.splits["train"]["label"], len(lesions.label_names))
-        model.config.decision_offsets, decision_strength = fit_decision_offsets(
-            validation_logits / temperature, validation_labels, prior)
+    fitted = fit_on_validation(validation_logits, validation_labels, np.asarray(lesions.splits["train"]["label"]),
+                               len(lesions.label_names), args.calibrate, args.tune_decisions)
+    model.config.temperature, model.config.decision_offsets = fitted.temperature, fitted.decision_offsets
     offsets = model.config.decision_offsets
 
     test_logits, test_labels = predict_logits(trainer, test)
-    probabilities = softmax(test_logits)
+    probabilities = softmax(test_logits, axis=1)
     results = evaluate_probabilities(probabilities, test_labels, lesions.label_names, offsets)
     test_metrics = {k: float(results[k]) for k in SCALAR_KEYS}
     without_metadata = None
     if test_without_metadata is not None:
         logits_without_metadata, _ = predict_logits(trainer, test_without_metadata)
         without_metadata = {k: float(v) for k, v in evaluate_probabilities(
-            softmax(logits_without_metadata), test_labels, lesions.label_names, offsets).items() if k in SCALAR_KEYS}
+            softmax(logits_without_metadata, axis=1), test_labels, lesions.label_names, offsets).items()
+            if k in SCALAR_KEYS}
     report = TrainingReport(
         output_dir=args.output_dir, preset=model_args.preset, test_metrics=test_metrics,
-        test_metrics_without_metadata=without_metadata, decision_strength=decision_strength, temperature=temperature,
-        ece_before=ece_before, ece_after=ece_after,
-        nll_before=negative_log_likelihood(validation_logits, validation_labels),
-        nll_after=negative_log_likelihood(validation_logits / temperature, validation_labels),
+        test_metrics_without_metadata=without_metadata, decision_strength=fitted.decision_strength,
+        temperature=fitted.temperature, ece_before=fitted.ece_before, ece_after=fitted.ece_after,
+        nll_before=fitted.nll_before, nll_after=fitted.nll_after,
         optimizer_steps=train_output.global_step,
         train_examples=len(train_labels), world_size=max(args.world_size, 1), train_runtime_seconds=runtime,
         feature_extraction_seconds=extraction_seconds,
@@ -310,10 +300,7 @@ def run_training(
             metadata_frame(lesions.splits["test"], metadata_columns), probabilities, test_labels, metadata_columns,
             predicted=predicted_classes(torch.from_numpy(test_logits), offsets).numpy(),
         )
-        plot_confusion_matrix(np.asarray(results["confusion_matrix"]), lesions.label_names,
-                              output_dir / "confusion_matrix.png")
-        plot_roc_curves(probabilities, test_labels, lesions.label_names, output_dir / "roc_curves.png",
-                        results["roc_auc"])
+        plot_test_results(results, probabilities, test_labels, lesions.label_names, output_dir)
         facts = card_facts(lesions, synthetic, model, model_args, data_args, args, results, test_metrics, subgroups,
                            report, provenance, curves is not None)
         render_model_card(facts).save(output_dir / "README.md")

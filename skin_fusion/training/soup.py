@@ -28,22 +28,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from torch import nn
 from transformers import HfArgumentParser
 
 from ..data.feature_cache import add_image_features, cached_inputs, withhold_metadata
 from ..data.loading import LesionDataset, load_lesion_dataset
 from ..data.model_inputs import metadata_frame
-from ..evaluation.metrics import SCALAR_KEYS, expected_calibration_error, negative_log_likelihood
-from ..evaluation.plots import plot_confusion_matrix, plot_roc_curves
+from ..evaluation.metrics import SCALAR_KEYS
+from ..evaluation.plots import plot_test_results
 from ..evaluation.subgroups import evaluate_probabilities, subgroup_metrics
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
 from ..modeling.processing_skin_fusion import SkinFusionProcessor
 from ..reports.model_card import ModelCardFacts, load_card_facts, render_model_card, save_card_facts
 from ..threads import configure_torch_threads
-from .calibration import class_prior, fit_decision_offsets, fit_temperature
-from .run import softmax
+from .calibration import fit_on_validation
 
 # Config fields that must agree for runs to be souped (the seed and the fitted calibration may differ).
 ARCHITECTURE_FIELDS = ("backbone", "image_size", "modality", "metadata_hidden_sizes", "head_hidden_sizes",
@@ -256,19 +256,19 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
               for split in ("validation", "test")}
 
     validation_logits, validation_labels = soup_logits(soup, inputs["validation"]), inputs["validation"]["labels"]
-    temperature = fit_temperature(validation_logits, validation_labels)
-    prior = class_prior(lesions.splits["train"]["label"], len(lesions.label_names))
-    offsets, strength = fit_decision_offsets(validation_logits / temperature, validation_labels, prior)
-    soup.config.temperature, soup.config.decision_offsets = temperature, offsets
+    fitted = fit_on_validation(validation_logits, validation_labels, np.asarray(lesions.splits["train"]["label"]),
+                               len(lesions.label_names))
+    soup.config.temperature, soup.config.decision_offsets = fitted.temperature, fitted.decision_offsets
+    offsets = fitted.decision_offsets
 
     test = inputs["test"]
-    probabilities = softmax(soup_logits(soup, test))
+    probabilities = softmax(soup_logits(soup, test), axis=1)
     results = evaluate_probabilities(probabilities, test["labels"], lesions.label_names, offsets)
     test_metrics = {key: float(results[key]) for key in SCALAR_KEYS}
     without_metadata = None
     if soup.config.uses_metadata:
         without_metadata = {key: float(value) for key, value in evaluate_probabilities(
-            softmax(soup_logits(soup, withhold_metadata(test, processor))), test["labels"], lesions.label_names,
+            softmax(soup_logits(soup, withhold_metadata(test, processor)), axis=1), test["labels"], lesions.label_names,
             offsets).items() if key in SCALAR_KEYS}
 
     output_dir = Path(args.output_dir)
@@ -276,24 +276,19 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     processor.save_pretrained(output_dir)
     columns = lesions.numeric_columns + lesions.categorical_columns
     decided = predicted_classes(torch.from_numpy(np.log(probabilities)), offsets).numpy()
-    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), lesions.label_names,
-                          output_dir / "confusion_matrix.png")
-    plot_roc_curves(probabilities, test["labels"], lesions.label_names, output_dir / "roc_curves.png",
-                    results["roc_auc"])
+    plot_test_results(results, probabilities, test["labels"], lesions.label_names, output_dir)
     curves = (runs[0] / "training_curves.png").is_file()
     if curves:
         shutil.copyfile(runs[0] / "training_curves.png", output_dir / "training_curves.png")
     seeds = [f.training["seed"] for f in facts]
     soup_facts = dataclasses.replace(
         facts[0], model_name=f"{facts[0].model_name}, soup of {len(runs)} runs", repo_or_path=str(output_dir),
-        test_metrics=test_metrics, test_results=results, temperature=temperature,
+        test_metrics=test_metrics, test_results=results, temperature=fitted.temperature,
         subgroups=subgroup_metrics(metadata_frame(lesions.splits["test"], columns), probabilities, test["labels"],
                                    columns, predicted=decided),
-        ece_before=expected_calibration_error(softmax(validation_logits), validation_labels),
-        ece_after=expected_calibration_error(softmax(validation_logits / temperature), validation_labels),
-        nll_before=negative_log_likelihood(validation_logits, validation_labels),
-        nll_after=negative_log_likelihood(validation_logits / temperature, validation_labels),
-        test_metrics_without_metadata=without_metadata, image_only_test_metrics=None, decision_strength=strength,
+        ece_before=fitted.ece_before, ece_after=fitted.ece_after, nll_before=fitted.nll_before,
+        nll_after=fitted.nll_after, test_metrics_without_metadata=without_metadata, image_only_test_metrics=None,
+        decision_strength=fitted.decision_strength,
         curves=curves,
         training={**facts[0].training, "seed": None, "soup_seeds": seeds,
                   "metadata_hidden_sizes": soup.config.metadata_hidden_sizes,
@@ -305,7 +300,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     save_card_facts(soup_facts, output_dir / "card_facts.json")
     report = {"output_dir": str(output_dir), "runs": [str(run) for run in runs], "seeds": seeds,
               "test_metrics": test_metrics, "test_metrics_without_metadata": without_metadata,
-              "temperature": temperature, "decision_strength": strength,
+              "temperature": fitted.temperature, "decision_strength": fitted.decision_strength,
               "runs_test_metrics": [f.test_metrics for f in facts],
               "runs_test_metrics_without_metadata": [f.test_metrics_without_metadata for f in facts],
               "soup_seconds": round(time.perf_counter() - started, 1)}
