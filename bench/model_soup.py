@@ -39,6 +39,7 @@ WAYS = ("recorded", "nothing recorded")
 
 
 def figures(probabilities: np.ndarray, labels: np.ndarray, offsets: list[float] | None) -> dict[str, float]:
+    """Balanced accuracy of the decisions after `offsets`, macro AUC and ECE of the probabilities."""
     decided = predicted_classes(torch.from_numpy(np.log(probabilities)), offsets).numpy()
     return {"balanced_accuracy": balanced_accuracy(labels, decided),
             "macro_auc": float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")),
@@ -67,6 +68,7 @@ def model_readings(model: SkinFusionForImageClassification, inputs: dict[str, di
 
 
 def summary_rows(results: list[dict[str, Any]], kind: str) -> list[str]:
+    """The mean ± sd row of the results of one `kind` (run alone, soup of N)."""
     group = [r for r in results if r["kind"] == kind]
     cells = [mean_sd([r["validation_balanced_accuracy"] for r in group])]
     for way in WAYS:

@@ -175,9 +175,9 @@ class SoupArguments:
     batch_size: int = field(default=64, metadata={"help": "Images per backbone call when scoring."})
 
 
-def check_same_recipe(runs: list[Path], facts: list[ModelCardFacts], output_dir: Path) -> None:
-    """Raise unless the runs are distinct runs (not soups) of one recipe, with one processor, and `output_dir` is
-    none of them and holds no model yet."""
+def check_same_recipe(runs: list[Path], facts: list[ModelCardFacts], output_dir: Path) -> SkinFusionProcessor:
+    """The runs' processor; raises unless the runs are distinct runs (not soups) of one recipe, with one processor,
+    and `output_dir` is none of them and holds no model yet."""
     if len(set(map(Path.resolve, runs))) < len(runs) or output_dir.resolve() in map(Path.resolve, runs):
         raise ValueError("Pass each run once, and an --output_dir that is none of the runs.")
     if (output_dir / "config.json").exists():
@@ -190,11 +190,12 @@ def check_same_recipe(runs: list[Path], facts: list[ModelCardFacts], output_dir:
                              "one recipe that differ only in their --seed.")
         if "soup_seeds" in other.training:
             raise ValueError(f"{run} is a soup already; pass the runs it was made of.")
-    processors = [SkinFusionProcessor.from_pretrained(run).to_dict() for run in runs]
+    processors = [SkinFusionProcessor.from_pretrained(run) for run in runs]
     for run, processor in zip(runs[1:], processors[1:]):
-        if processor != processors[0]:
+        if processor.to_dict() != processors[0].to_dict():
             raise ValueError(f"{run}'s processor (image transform or metadata encoding) differs from {runs[0]}'s: "
                              "soup runs trained on one split, whose processors were fitted on the same rows.")
+    return processors[0]
 
 
 def check_same_split(runs: list[Path], facts: list[ModelCardFacts]) -> None:
@@ -243,11 +244,9 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     if missing:
         raise FileNotFoundError(f"No card_facts.json in {', '.join(missing)}: pass folders written by train.py.")
     facts = [load_card_facts(run / "card_facts.json") for run in runs]
-    check_same_recipe(runs, facts, Path(args.output_dir))
+    processor = check_same_recipe(runs, facts, Path(args.output_dir))
     check_same_split(runs, facts)
-    models = [SkinFusionForImageClassification.from_pretrained(run).eval() for run in runs]
-    soup = soup_of(models)
-    processor = SkinFusionProcessor.from_pretrained(runs[0])
+    soup = soup_of([SkinFusionForImageClassification.from_pretrained(run).eval() for run in runs])
     lesions = load_split(args, facts[0])
     inputs = {split: cached_inputs(add_image_features(lesions.splits[split], soup.skin_fusion.backbone, processor,
                                                       batch_size=args.batch_size)
@@ -262,7 +261,8 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     offsets = fitted.decision_offsets
 
     test = inputs["test"]
-    probabilities = softmax(soup_logits(soup, test), axis=1)
+    test_logits = soup_logits(soup, test)
+    probabilities = softmax(test_logits, axis=1)
     results = evaluate_probabilities(probabilities, test["labels"], lesions.label_names, offsets)
     test_metrics = {key: float(results[key]) for key in SCALAR_KEYS}
     without_metadata = None
@@ -275,7 +275,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     soup.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     columns = lesions.numeric_columns + lesions.categorical_columns
-    decided = predicted_classes(torch.from_numpy(np.log(probabilities)), offsets).numpy()
+    decided = predicted_classes(torch.from_numpy(test_logits), offsets).numpy()
     plot_test_results(results, probabilities, test["labels"], lesions.label_names, output_dir)
     curves = (runs[0] / "training_curves.png").is_file()
     if curves:
