@@ -317,4 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # refused input: the message, no traceback
+        sys.exit(f"skin_fusion.training.soup: {error}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,4 +83,14 @@ def test_a_soup_refuses_runs_of_other_recipes_splits_and_sizes_that_do_not_repro
         main(["--runs", str(two_runs[0]), str(two_runs[0]), "--output_dir", str(out), *sizes])
     with pytest.raises(ValueError, match="none of the runs"):
         main(["--runs", *map(str, two_runs), "--output_dir", str(two_runs[1]), *sizes])
+    assert not out.exists()
+
+
+def test_the_command_refuses_a_folder_without_a_run_in_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "soup"
+    result = subprocess.run([sys.executable, "-m", "skin_fusion.training.soup", "--runs", str(tmp_path / "nope"),
+                             str(tmp_path), "--output_dir", str(out), "--validation_size", "0.1", "--test_size", "0.2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "No card_facts.json in" in result.stderr and "pass folders written by train.py" in result.stderr
     assert not out.exists()
