@@ -87,8 +87,8 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def split_content_digest(split: datasets.Dataset, batch_size: int = 512) -> str:
-    """A SHA-256 of `split`'s rows as stored (every column; for images stored as paths, the paths and the bytes of
-    the files). Unlike `split._fingerprint`, it stays the same when the same files are written again."""
+    """A SHA-256 of `split`'s rows as stored (every column; for images stored as paths, the file names and bytes).
+    Unlike `split._fingerprint`, it stays the same when the same files are written again or their folder moves."""
     digest = hashlib.sha256()
 
     def update(data: bytes) -> None:
@@ -98,7 +98,7 @@ def split_content_digest(split: datasets.Dataset, batch_size: int = 512) -> str:
     for rows in split.with_format("arrow").iter(batch_size=batch_size):
         update(Hasher.hash(rows.drop_columns(["image"]).to_pydict()).encode())
         for image in rows.column("image").to_pylist():
-            update(str(image["path"]).encode())
+            update(Path(image["path"] or "").name.encode())
             update(image["bytes"] if image["bytes"] is not None else Path(image["path"]).read_bytes())
     return digest.hexdigest()
 

@@ -161,10 +161,10 @@ def test_a_second_extraction_reads_the_cache_and_new_weights_do_not(lesions):
     assert add_image_features(split, backbone, processor, view="hflip")._fingerprint != first._fingerprint
 
 
-def test_the_same_files_copied_in_again_hit_the_cache_and_changed_bytes_do_not(lesion_folder, tmp_path):
-    # Shared data laid down afresh gets new modification times: `datasets` then loads the folder under a new
-    # fingerprint and cache folder, but the cached features must still be found (extracting them again took 34
-    # minutes for HAM10000's four training views).
+def test_the_same_files_copied_or_moved_hit_the_cache_and_changed_bytes_do_not(lesion_folder, tmp_path):
+    # Shared data laid down afresh gets new modification times, and a moved folder new paths: `datasets` then loads
+    # the folder under a new fingerprint and cache folder, but the cached features must still be found (extracting
+    # them again took 34 minutes for HAM10000's four training views).
     processor = fitted_processor()
     backbone = tiny_model("image", processor=processor).skin_fusion.backbone
     folder = tmp_path / "lesions"
@@ -180,11 +180,14 @@ def test_the_same_files_copied_in_again_hit_the_cache_and_changed_bytes_do_not(l
     assert again._fingerprint != first._fingerprint  # what `datasets` sees: new files
     assert add_image_features(again, backbone, processor).cache_files[0]["filename"] == cache_file
     assert os.stat(cache_file).st_mtime_ns == written  # read, not rewritten
+    moved = shutil.move(folder, tmp_path / "moved")  # a user's data folder moved or cloned elsewhere
+    in_new_place = load_lesion_dataset(str(moved), seed=0).splits["test"]
+    assert add_image_features(in_new_place, backbone, processor).cache_files[0]["filename"] == cache_file
 
-    changed = Path(again.with_format("arrow")[:1].column("image").to_pylist()[0]["path"])
+    changed = Path(in_new_place.with_format("arrow")[:1].column("image").to_pylist()[0]["path"])
     with Image.open(changed) as image:
         image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed)
-    edited = load_lesion_dataset(str(folder), seed=0).splits["test"]
+    edited = load_lesion_dataset(str(moved), seed=0).splits["test"]
     assert add_image_features(edited, backbone, processor).cache_files[0]["filename"] != cache_file
 
 
