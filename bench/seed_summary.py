@@ -16,6 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from skin_fusion.files import CARD_FACTS_FILE
+
 WAYS = {"test_metrics": "age, sex and site as recorded", "test_metrics_without_metadata": "nothing recorded",
         "image_only_test_metrics": "image-only twin"}
 METRICS = ("balanced_accuracy", "macro_auc", "ece")
@@ -27,7 +29,7 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
     twin_report = run_dir / "image-only" / "training_report.json"
     if report.get("image_only_test_metrics") is None and twin_report.is_file():
         report["image_only_test_metrics"] = json.loads(twin_report.read_text())["test_metrics"]
-    facts_file = run_dir / "card_facts.json"
+    facts_file = run_dir / CARD_FACTS_FILE
     seed = json.loads(facts_file.read_text())["training"]["seed"] if facts_file.is_file() else None
     return {"run": run_dir.name, "seed": seed, "train_runtime_seconds": report["train_runtime_seconds"],
             "feature_extraction_seconds": report["feature_extraction_seconds"],

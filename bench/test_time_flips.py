@@ -37,6 +37,7 @@ from skin_fusion import SkinFusionForImageClassification, SkinFusionProcessor
 from skin_fusion.data.feature_cache import FEATURE_MAPS_COLUMN, add_image_features, cached_inputs, withhold_metadata
 from skin_fusion.data.loading import LesionDataset, load_lesion_dataset
 from skin_fusion.evaluation.metrics import balanced_accuracy, expected_calibration_error
+from skin_fusion.files import CARD_FACTS_FILE
 from skin_fusion.modeling.modeling_skin_fusion import predicted_classes
 from skin_fusion.threads import configure_torch_threads
 from skin_fusion.training.calibration import class_prior, fit_decision_offsets, fit_temperature
@@ -52,7 +53,7 @@ Probabilities = dict[tuple[bool, str], np.ndarray]  # (metadata recorded?, view)
 
 def check_split(run: Path, lesions: LesionDataset, split_seed: int) -> None:
     """Raise unless `run` was trained on this split (its split seed and split sizes), so no test image was seen."""
-    facts = json.loads((run / "card_facts.json").read_text())
+    facts = json.loads((run / CARD_FACTS_FILE).read_text())
     sizes = {name: len(split) for name, split in lesions.splits.items()}
     if facts["training"].get("split_seed") != split_seed or facts["split_sizes"] != sizes:
         raise ValueError(f"{run} was trained on split seed {facts['training'].get('split_seed')} with splits "

@@ -28,3 +28,13 @@ def test_importing_every_module_leaves_the_matplotlib_backend_and_torch_threads_
     assert int(count) >= 30  # every module of the package was imported
     assert backend == "pdf"
     assert threads == "3"
+
+
+def test_serving_loads_no_training_code():
+    # The app and the ONNX export are what a Space runs: they must not pull in the Trainer's arguments and run code.
+    script = ("import sys, skin_fusion.serving.predictor, skin_fusion.serving.onnx; "
+              "print(sorted(m for m in sys.modules if m.startswith('skin_fusion.training')))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -13,6 +13,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..evaluation.metrics import CARD_METRICS
+from ..files import CARD_FACTS_FILE
 from .formatting import cell
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
@@ -146,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to write the card (default: MODEL_DIR/README.md)")
     parser.add_argument("--repo_or_path", help="the path or Hub id the card's code loads the model from")
     args = parser.parse_args(argv)
-    facts_path = args.model_dir / "card_facts.json"
+    facts_path = args.model_dir / CARD_FACTS_FILE
     if not facts_path.is_file():
-        print(f"No card_facts.json in {args.model_dir}: pass a model directory written by train.py.", file=sys.stderr)
+        print(f"No {CARD_FACTS_FILE} in {args.model_dir}: pass a model directory written by train.py.", file=sys.stderr)
         return 1
     facts = load_card_facts(facts_path)
     if args.repo_or_path:

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import DEFAULT_OUTPUT_DIR, MAKE_MODEL_HINT
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification
 from ..threads import thread_count
-from ..training.arguments import DEFAULT_OUTPUT_DIR
 
 ONNX_FILE_NAME = "model.onnx"
 # Opset 18 is the exporter's native opset (no version conversion) and ONNX Runtime >= 1.14 runs it.
@@ -39,7 +39,6 @@ DEFAULT_OPSET = 18
 # for EfficientNet-B4); a difference above this means a wrong graph, not rounding.
 ATOL = 1e-4
 RTOL = 1e-4
-MAKE_MODEL_HINT = f"Make one with `python train.py` (it writes {DEFAULT_OUTPUT_DIR})"
 INSTALL_HINT = "pip install onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.31.1 (pinned in requirements.txt)"
 
 

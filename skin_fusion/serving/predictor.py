@@ -34,6 +34,7 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 
 from ..data.known_datasets import class_display_name
 from ..evaluation.metrics import CARD_METRICS
+from ..files import CARD_FACTS_FILE, MAKE_MODEL_HINT
 from ..modeling import (
     MetadataEncoder,
     MetadataError,
@@ -43,7 +44,6 @@ from ..modeling import (
 )
 from ..modeling.metadata_encoding import is_missing, quote
 from ..modeling.modeling_skin_fusion import predicted_classes
-from ..training.arguments import DEFAULT_OUTPUT_DIR
 from .batch_norm_folding import fold_batch_norms
 from .explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heatmap
 from .image_io import ImageSource, load_rgb_image
@@ -63,9 +63,6 @@ MAX_EXPLAIN_SIDE = 1024
 MAX_ASPECT_RATIO = 4
 # Test-time augmentation averages over the 8 symmetries of the square (a lesion has no canonical orientation).
 TTA_DESCRIPTION = "rotations by 0, 90, 180 and 270 degrees, each with and without a horizontal flip"
-MAKE_MODEL_HINT = f"Make a local model with `python train.py` (it writes {DEFAULT_OUTPUT_DIR})"
-# Written beside every model by training: the facts its card was rendered from.
-CARD_FACTS_NAME = "card_facts.json"
 RUNTIMES = ("torch", "onnx")
 
 
@@ -133,8 +130,8 @@ def read_model_card(path_or_id: str | Path, classes: list[str]) -> ModelCardSumm
     model, else the YAML header of its model card (README.md, local or on the Hub). Nothing to read gives a note,
     never an error; the card's prose is never parsed."""
     local = Path(path_or_id)
-    if (local / CARD_FACTS_NAME).is_file():
-        return summary_from_card_facts(json.loads((local / CARD_FACTS_NAME).read_text()), classes)
+    if (local / CARD_FACTS_FILE).is_file():
+        return summary_from_card_facts(json.loads((local / CARD_FACTS_FILE).read_text()), classes)
     source = local / "README.md" if local.is_dir() else str(path_or_id)
     if local.is_dir() and not Path(source).is_file():
         return ModelCardSummary(classes, note="No model card (README.md) beside this model: its training data and "

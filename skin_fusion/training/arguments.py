@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-DEFAULT_OUTPUT_DIR = "outputs/skin-fusion"
+from ..files import DEFAULT_OUTPUT_DIR
 
 # The dataclass defaults below are the demo preset; other presets override some of them.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -30,6 +30,7 @@ from ..data.synthetic import ensure_default_dataset, is_complete
 from ..evaluation.metrics import SCALAR_KEYS, build_compute_metrics
 from ..evaluation.plots import plot_test_results, plot_training_curves
 from ..evaluation.subgroups import MIN_SUBGROUP_SIZE, evaluate_probabilities, subgroup_metrics
+from ..files import CARD_FACTS_FILE
 from ..modeling.backbones import check_stage_split
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.metadata_encoding import MetadataEncoder
@@ -304,7 +305,7 @@ def run_training(
         facts = card_facts(lesions, synthetic, model, model_args, data_args, args, results, test_metrics, subgroups,
                            report, provenance, curves is not None)
         render_model_card(facts).save(output_dir / "README.md")
-        save_card_facts(facts, output_dir / "card_facts.json")
+        save_card_facts(facts, output_dir / CARD_FACTS_FILE)
         if push_to_hub:
             report.pushed_to, report.push_error = push_safely(output_dir, args.hub_model_id or output_dir.name, args)
         (output_dir / "training_report.json").write_text(json.dumps(asdict(report), indent=2))

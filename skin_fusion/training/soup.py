@@ -38,6 +38,7 @@ from ..data.model_inputs import metadata_frame
 from ..evaluation.metrics import SCALAR_KEYS
 from ..evaluation.plots import plot_test_results
 from ..evaluation.subgroups import evaluate_probabilities, subgroup_metrics
+from ..files import CARD_FACTS_FILE
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
 from ..modeling.processing_skin_fusion import SkinFusionProcessor
@@ -240,10 +241,10 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     configure_torch_threads()
     started = time.perf_counter()
     runs = [Path(run) for run in args.runs]
-    missing = [str(run) for run in runs if not (run / "card_facts.json").is_file()]
+    missing = [str(run) for run in runs if not (run / CARD_FACTS_FILE).is_file()]
     if missing:
-        raise FileNotFoundError(f"No card_facts.json in {', '.join(missing)}: pass folders written by train.py.")
-    facts = [load_card_facts(run / "card_facts.json") for run in runs]
+        raise FileNotFoundError(f"No {CARD_FACTS_FILE} in {', '.join(missing)}: pass folders written by train.py.")
+    facts = [load_card_facts(run / CARD_FACTS_FILE) for run in runs]
     processor = check_same_recipe(runs, facts, Path(args.output_dir))
     check_same_split(runs, facts)
     soup = soup_of([SkinFusionForImageClassification.from_pretrained(run).eval() for run in runs])
@@ -297,7 +298,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
                   "train_runtime": " + ".join(f.training["train_runtime"] for f in facts)},
     )
     render_model_card(soup_facts).save(output_dir / "README.md")
-    save_card_facts(soup_facts, output_dir / "card_facts.json")
+    save_card_facts(soup_facts, output_dir / CARD_FACTS_FILE)
     report = {"output_dir": str(output_dir), "runs": [str(run) for run in runs], "seeds": seeds,
               "test_metrics": test_metrics, "test_metrics_without_metadata": without_metadata,
               "temperature": fitted.temperature, "decision_strength": fitted.decision_strength,
