@@ -103,6 +103,11 @@ def split_content_digest(split: datasets.Dataset, batch_size: int = 512) -> str:
     return digest.hexdigest()
 
 
+def split_digests(splits: Mapping[str, datasets.Dataset]) -> dict[str, str]:
+    """`split_content_digest` of each split by name: recorded with a run, so that rows can be proven the same later."""
+    return {name: split_content_digest(split) for name, split in splits.items()}
+
+
 def features_fingerprint(split: datasets.Dataset, backbone: nn.Module, processor: SkinFusionProcessor,
                          view: str, stage: int | None = None) -> str:
     """The `datasets` fingerprint of `split` with cached features: changes with the data, weights, transform, view

@@ -52,6 +52,7 @@ class ModelCardFacts:
     image_only_test_metrics: dict[str, float] | None = None
     decision_strength: float = 0.0
     curves: bool = False  # training_curves.png is beside the card
+    split_digests: dict[str, str] | None = None  # each split's rows and image bytes (SHA-256; older runs: none)
 
 
 def card_data(facts: ModelCardFacts) -> ModelCardData:

@@ -22,7 +22,7 @@ from scipy.special import softmax
 from transformers import EarlyStoppingCallback, set_seed
 
 from ..data.balancing import class_weights, describe_balancing, sample_weights
-from ..data.feature_cache import check_views, collate_inputs
+from ..data.feature_cache import check_views, collate_inputs, split_digests
 from ..data.known_datasets import hub_license_of
 from ..data.loading import LesionDataset, load_lesion_dataset
 from ..data.model_inputs import cached_feature_splits, metadata_frame, training_split, with_model_inputs
@@ -358,6 +358,7 @@ def card_facts(
         test_metrics=test_metrics, test_results=results, subgroups=subgroups, temperature=report.temperature,
         ece_before=report.ece_before, ece_after=report.ece_after, nll_before=report.nll_before,
         nll_after=report.nll_after, split_sizes={name: len(split) for name, split in lesions.splits.items()},
+        split_digests=split_digests(lesions.splits),
         train_counts={name: int((train_labels == i).sum()) for i, name in enumerate(lesions.label_names)},
         group_column=lesions.group_column, hub_dataset=source if is_hub_id else None,
         test_metrics_without_metadata=report.test_metrics_without_metadata,

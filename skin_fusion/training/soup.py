@@ -32,7 +32,7 @@ from scipy.special import softmax
 from torch import nn
 from transformers import HfArgumentParser
 
-from ..data.feature_cache import add_image_features, cached_inputs, withhold_metadata
+from ..data.feature_cache import add_image_features, cached_inputs, split_digests, withhold_metadata
 from ..data.loading import LesionDataset, load_lesion_dataset
 from ..data.model_inputs import metadata_frame
 from ..evaluation.metrics import SCALAR_KEYS
@@ -201,17 +201,18 @@ def check_same_recipe(runs: list[Path], facts: list[ModelCardFacts], output_dir:
 
 def check_same_split(runs: list[Path], facts: list[ModelCardFacts]) -> None:
     """Raise unless every run was trained on the same data set and split (its source, split seed and sizes)."""
-    def split_of(f: ModelCardFacts) -> tuple[str, int | None, dict[str, int]]:
-        return f.dataset_source, f.training.get("split_seed"), f.split_sizes
+    def split_of(f: ModelCardFacts) -> tuple[str, int | None, dict[str, int], dict[str, str] | None]:
+        return f.dataset_source, f.training.get("split_seed"), f.split_sizes, f.split_digests
 
     for run, other in zip(runs[1:], facts[1:]):
         if split_of(other) != split_of(facts[0]):
             raise ValueError(f"{run} was trained on {split_of(other)}, {runs[0]} on {split_of(facts[0])} (data set, "
-                             "split seed, split sizes): soup runs of one split only (train.py --split_seed).")
+                             "split seed, split sizes, rows): soup runs of one split only (train.py --split_seed).")
 
 
 def load_split(args: SoupArguments, facts: ModelCardFacts) -> LesionDataset:
-    """The runs' data set split as they were trained on it; raises if the sizes given do not reproduce it."""
+    """The runs' data set split as they were trained on it; raises if the sizes given do not reproduce it, or (for
+    runs that recorded their rows' digests) if any split's rows or images differ from theirs."""
     lesions = load_lesion_dataset(args.dataset or facts.dataset_source, validation_size=args.validation_size,
                                   test_size=args.test_size, seed=facts.training["split_seed"])
     sizes = {name: len(split) for name, split in lesions.splits.items()}
@@ -222,6 +223,13 @@ def load_split(args: SoupArguments, facts: ModelCardFacts) -> LesionDataset:
         raise ValueError(f"--validation_size {args.validation_size} and --test_size {args.test_size} give splits "
                          f"{sizes}, but the runs were trained on {facts.split_sizes}: pass the runs' sizes, or the "
                          "soup would be scored on images it trained on.")
+    if facts.split_digests is not None:
+        differing = [name for name, digest in split_digests(lesions.splits).items()
+                     if digest != facts.split_digests.get(name)]
+        if differing:
+            raise ValueError(f"The {' and '.join(differing)} rows differ from those the runs were trained on (same "
+                             "sizes; other rows, metadata or image bytes): pass the data set they were trained on "
+                             "with --dataset, unchanged.")
     return lesions
 
 

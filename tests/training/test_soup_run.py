@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
+from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoModelForImageClassification
 
@@ -68,7 +70,7 @@ def test_a_soup_is_saved_calibrated_scored_and_carded(two_runs, lesion_folder, t
         assert (out / name).is_file(), name
 
 
-def test_a_soup_refuses_runs_of_other_recipes_splits_and_sizes_that_do_not_reproduce_theirs(
+def test_a_soup_refuses_runs_of_other_recipes_splits_and_data_that_do_not_reproduce_theirs(
         two_runs, lesion_folder, pretrained_backbone, tmp_path):
     sizes = ["--test_size", "0.3", "--validation_size", "0.15", "--dataset", str(lesion_folder)]
     out = tmp_path / "soup"
@@ -79,6 +81,12 @@ def test_a_soup_refuses_runs_of_other_recipes_splits_and_sizes_that_do_not_repro
     with pytest.raises(ValueError, match="pass the runs' sizes"):
         main(["--runs", *map(str, two_runs), "--output_dir", str(out), *sizes[:2], "--validation_size", "0.2",
               "--dataset", str(lesion_folder)])
+    edited = Path(shutil.copytree(lesion_folder, tmp_path / "edited"))  # same rows and sizes, one image changed
+    first_image = sorted((edited / "images").iterdir())[0]
+    with Image.open(first_image) as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(first_image)
+    with pytest.raises(ValueError, match="rows differ from those the runs were trained on"):
+        main(["--runs", *map(str, two_runs), "--output_dir", str(out), *sizes[:4], "--dataset", str(edited)])
     with pytest.raises(ValueError, match="each run once"):
         main(["--runs", str(two_runs[0]), str(two_runs[0]), "--output_dir", str(out), *sizes])
     with pytest.raises(ValueError, match="none of the runs"):
