@@ -215,10 +215,9 @@ def scores(logits: np.ndarray, labels: np.ndarray, offsets: list[float] | None) 
 
 def evaluate_recipe(recipe: Recipe, seed: int, folder: Path) -> dict[str, Any]:
     """Fusion (scored with metadata and with nothing recorded) and image-only heads of one recipe and seed."""
-    from skin_fusion.training.calibration import class_prior, fit_decision_offsets, fit_temperature
+    from skin_fusion.training.calibration import fit_on_validation
 
     facts, processor, train, validation, test = load_arrays(folder, recipe.views)
-    prior = class_prior(train.labels, len(facts["label_names"]))
     empty_row = processor.encode_metadata([{}]).numpy()[0]
     result: dict[str, Any] = {"recipe": recipe.name, "seed": seed}
     started = time.perf_counter()
@@ -226,9 +225,9 @@ def evaluate_recipe(recipe: Recipe, seed: int, folder: Path) -> dict[str, Any]:
         uses_metadata = modality == "fusion"
         model = train_heads(recipe, modality, seed, facts, processor, train, validation)
         validation_logits = logits_of(model, validation, uses_metadata)
-        temperature = fit_temperature(validation_logits, validation.labels)
-        offsets, tau = fit_decision_offsets(validation_logits / temperature, validation.labels, prior)
-        result[f"{modality}_tau"] = tau
+        fitted = fit_on_validation(validation_logits, validation.labels, train.labels, len(facts["label_names"]))
+        temperature, offsets = fitted.temperature, fitted.decision_offsets
+        result[f"{modality}_tau"] = fitted.decision_strength
         result[modality] = scores(logits_of(model, test, uses_metadata) / temperature, test.labels, offsets)
         if uses_metadata:
             result["fusion_nothing_recorded"] = scores(

@@ -2,12 +2,13 @@
 were scored on.
 
     python -m bench.test_time_flips RUN_DIR [RUN_DIR ...] [--data ../shared/data/ham10000] [--split_seed 42]
-        [--out bench/results/test_time_flips]
+        [--view_sets original original+hflip training-views app-views] [--out bench/results/test_time_flips]
 
 For every saved model: test balanced accuracy, macro AUC and ECE with its saved temperature and decision offsets
 (fitted by train.py on validation, single view, metadata as recorded: what the app applies to every request), from the
-original image alone and from the probabilities averaged over the original and its horizontal flip (the app's
-test-time augmentation averages eight rotations and flips), with the metadata as recorded and with nothing recorded.
+original image alone and from the probabilities averaged over a set of its views (`VIEW_SETS`: by default the original
+and its horizontal flip; also the four training views, and the eight views that the app's test-time augmentation
+averages), with the metadata as recorded and with nothing recorded.
 Beside the saved rule: per-class offsets fitted on validation by coordinate ascent on balanced accuracy (the saved
 rule has one strength for all classes). With several fusion models, their ensemble too (probabilities averaged, then
 calibrated and adjusted on validation as train.py does for one model).
@@ -36,15 +37,20 @@ from bench.seed_summary import mean_sd
 from skin_fusion import SkinFusionForImageClassification, SkinFusionProcessor
 from skin_fusion.data.feature_cache import FEATURE_MAPS_COLUMN, add_image_features, cached_inputs, withhold_metadata
 from skin_fusion.data.loading import LesionDataset, load_lesion_dataset
+from skin_fusion.data.views import VIEWS
 from skin_fusion.evaluation.metrics import balanced_accuracy, expected_calibration_error
 from skin_fusion.files import CARD_FACTS_FILE
 from skin_fusion.modeling.modeling_skin_fusion import predicted_classes
 from skin_fusion.threads import configure_torch_threads
-from skin_fusion.training.calibration import class_prior, fit_decision_offsets, fit_temperature
+from skin_fusion.training.calibration import fit_on_validation
 from skin_fusion.weights.backbone_weights import load_backbone_weights
 
 REPO = Path(__file__).resolve().parents[1]
-VIEW_SETS = {"original": ("original",), "original + hflip": ("original", "hflip")}
+# Views whose probabilities are averaged: the image alone, with its mirror image, the ham10000 preset's four training
+# views, and the app's test-time augmentation (all eight).
+VIEW_SETS = {"original": ("original",), "original+hflip": ("original", "hflip"),
+             "training-views": ("original", "hflip", "vflip", "rot180"), "app-views": tuple(VIEWS)}
+DEFAULT_VIEW_SETS = ["original", "original+hflip"]
 OFFSET_STEPS = np.arange(-3.0, 3.01, 0.25)
 BATCH_SIZE = 128
 
@@ -164,6 +170,8 @@ def readings(test: Probabilities, labels: np.ndarray, offsets: np.ndarray, per_c
             continue
         way = "recorded" if recorded else "nothing recorded"
         for view_set, views in VIEW_SETS.items():
+            if not all((recorded, view) in test for view in views):
+                continue
             p = np.mean([test[recorded, view] for view in views], axis=0)
             figures[f"{way}, {view_set}"] = {
                 "balanced_accuracy": balanced_accuracy(labels, decided(p, offsets)),
@@ -175,12 +183,11 @@ def readings(test: Probabilities, labels: np.ndarray, offsets: np.ndarray, per_c
 
 
 def ensemble_readings(fusion: list[tuple[np.ndarray, Probabilities]], labels: dict[str, np.ndarray],
-                      prior: np.ndarray) -> dict[str, Any]:
+                      train_labels: np.ndarray) -> dict[str, Any]:
     """The fusion models' averaged probabilities, calibrated and adjusted on validation as train.py does one model."""
     log_validation = np.log(np.mean([validation for validation, _ in fusion], axis=0))
-    temperature = fit_temperature(log_validation, labels["validation"])
-    offsets, _ = fit_decision_offsets(log_validation / temperature, labels["validation"], prior)
-    offsets = np.asarray(offsets)
+    fitted = fit_on_validation(log_validation, labels["validation"], train_labels, log_validation.shape[1])
+    temperature, offsets = fitted.temperature, np.asarray(fitted.decision_offsets)
     per_class = fit_per_class_offsets(log_softmax(log_validation / temperature, axis=1), labels["validation"], offsets)
     test = {key: softmax(np.log(np.mean([t[key] for _, t in fusion], axis=0)) / temperature, axis=1)
             for key in fusion[0][1]}
@@ -203,7 +210,8 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
                 mean_sd([f[m] for f in figures]) for m in ("balanced_accuracy", "macro_auc", "ece",
                                                            "balanced_accuracy_per_class_offsets"))
                 + f" | {len(group)} |")
-    keys = [f"{way}, {views}" for way in ("recorded", "nothing recorded") for views in VIEW_SETS]
+    keys = [f"{way}, {views}" for way in ("recorded", "nothing recorded") for views in VIEW_SETS
+            if any(f"{way}, {views}" in r for r in results)]
     lines += ["", "Balanced accuracy of every run:", "", "| run | " + " | ".join(keys) + " |",
               "|---|" + "---|" * len(keys)]
     for r in results:
@@ -215,14 +223,17 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, "test_time_flips")
+    parser.add_argument("--view_sets", nargs="+", choices=list(VIEW_SETS), default=DEFAULT_VIEW_SETS,
+                        help="test-time view sets to score (each view of the test split is extracted once)")
     args = parser.parse_args()
     configure_torch_threads()
     started = time.perf_counter()
 
     saved = load_saved_runs(args)
     lesions, models, processor, stage = saved.lesions, saved.models, saved.processor, saved.stage
-    inputs = {(split, view): cached_split(saved, split, view)
-              for split, view in (("validation", "original"), ("test", "original"), ("test", "hflip"))}
+    views = list(dict.fromkeys(["original", *(view for name in args.view_sets for view in VIEW_SETS[name])]))
+    inputs = {("validation", "original"): cached_split(saved, "validation"),
+              **{("test", view): cached_split(saved, "test", view) for view in views}}
     labels = {split: inputs[split, "original"]["labels"] for split in ("validation", "test")}
 
     results, fusion = [], []
@@ -234,7 +245,7 @@ def main() -> None:
                     model, inputs["test", view] if recorded else withhold_metadata(inputs["test", view], processor),
                     stage)
                 for recorded in ((True, False) if model.config.uses_metadata else (True,))
-                for view in ("original", "hflip")}
+                for view in views}
         name = f"{run.parent.name}/{run.name}" if run.name == "image-only" else run.name
         results.append({"run": name, "modality": model.config.modality,
                         **readings(test, labels["test"], offsets, per_class)})
@@ -242,9 +253,8 @@ def main() -> None:
             fusion.append((validation, test))
         print(name, json.dumps(results[-1]), flush=True)
     if len(fusion) > 1:
-        prior = class_prior(lesions.splits["train"]["label"], len(lesions.label_names))
         results.append({"run": f"ensemble of {len(fusion)}", "modality": "fusion ensemble",
-                        **ensemble_readings(fusion, labels, prior)})
+                        **ensemble_readings(fusion, labels, np.asarray(lesions.splits["train"]["label"]))})
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {**machine_info(), "seconds": round(time.perf_counter() - started, 1), "shared_stages": stage}

@@ -19,7 +19,7 @@ float16): the stem and the stages before k run once, and stages k onwards train 
 Measured here (2-core CPU, load average about 5): the synthetic set of tests/test_training.py (600 images at 64 px,
 `skin_fusion_small_cnn`, 15 epochs, backbone frozen throughout) trains in 5.8 s on cached features (plus 0.5 s to
 extract them once) against 76.5 s on pixels, 13 times faster; the pixel run also pays the random training
-augmentation, which a cached run replaces by fixed flip views (`VIEWS`). Real-data timings: bench/real_data.py.
+augmentation, which a cached run replaces by fixed views (`views.VIEWS`). Real-data timings: bench/real_data.py.
 """
 
 from __future__ import annotations
@@ -40,22 +40,12 @@ from transformers import default_data_collator
 from ..modeling.backbones import check_stage_split, early_stage_maps
 from ..modeling.processing_skin_fusion import SkinFusionProcessor
 from .balancing import smote_features
+from .views import check_views, view_of
 
 IMAGE_FEATURES_COLUMN = "image_features"
 FEATURE_MAPS_COLUMN = "feature_maps"
-# Views of an image whose features can be cached: flips and the half turn (dims of a (batch, 3, H, W) tensor that are
-# reversed). A lesion has no canonical orientation, so each view is another valid training row for a frozen backbone.
-VIEWS: dict[str, tuple[int, ...]] = {"original": (), "hflip": (-1,), "vflip": (-2,), "rot180": (-2, -1)}
 CACHE_VERSION = 1  # bump when the extraction changes, so old cache files are not reused
 FEATURE_CACHE_FOLDER = "skin_fusion_features"  # under `datasets`' cache folder (HF_DATASETS_CACHE)
-
-
-def check_views(views: list[str]) -> list[str]:
-    """Return `views` if every name is known and none repeats; otherwise raise a `ValueError` with the valid names."""
-    unknown = [view for view in views if view not in VIEWS]
-    if unknown or not views or len(set(views)) != len(views):
-        raise ValueError(f"views {views} must be distinct names from {list(VIEWS)}, e.g. ['original', 'hflip'].")
-    return list(views)
 
 
 def feature_extractor(backbone: nn.Module) -> nn.Module:
@@ -67,8 +57,7 @@ def backbone_features(extractor: nn.Module, pixel_values: torch.Tensor, view: st
                       stage: int | None = None) -> torch.Tensor:
     """The pooled features `(batch, num_features)` of a batch of normalised images, seen in `view`; with `stage`,
     the maps `(batch, channels, height, width)` that enter that backbone stage instead."""
-    dims = VIEWS[check_views([view])[0]]
-    pixels = (pixel_values.flip(dims) if dims else pixel_values).contiguous(memory_format=torch.channels_last)
+    pixels = view_of(pixel_values, view).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         if stage is not None:
             return early_stage_maps(extractor, pixels, stage).contiguous()
@@ -140,7 +129,7 @@ def add_image_features(
         split: rows with an `image` column (decoded lazily), e.g. a split of `load_lesion_dataset`.
         backbone: a timm model with `forward_features` / `forward_head` (a SkinFusion model's `skin_fusion.backbone`).
         processor: gives the evaluation transform (resize, centre crop, normalise).
-        view: one of `VIEWS`; a flip is applied to the transformed image.
+        view: one of `views.VIEWS`, applied to the transformed image.
         batch_size: images per backbone call.
         desc: progress-bar text.
         stage: cache the maps entering this stage of `backbone.blocks` (timm EfficientNet-style backbones), so the

@@ -33,6 +33,7 @@ from torch import nn
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 from ..data.known_datasets import class_display_name
+from ..data.views import all_views
 from ..evaluation.metrics import CARD_METRICS
 from ..files import CARD_FACTS_FILE, MAKE_MODEL_HINT
 from ..modeling import (
@@ -164,15 +165,6 @@ def summary_from_card_facts(facts: dict[str, Any], classes: list[str]) -> ModelC
         test_metrics=metrics, synthetic=bool(facts["synthetic"]),
         note=None if metrics else "The model's training recorded no test results.",
     )
-
-
-def dihedral_views(pixel_values: torch.Tensor) -> torch.Tensor:
-    """The 8 symmetries of a square batch (N, C, H, W) -> (8N, C, H, W); view 0 is the input itself."""
-    views = []
-    for flip in (False, True):
-        flipped = pixel_values.flip(-1) if flip else pixel_values
-        views += [torch.rot90(flipped, k, dims=(-2, -1)) for k in range(4)]
-    return torch.cat(views)
 
 
 def centre_crop_box(size: tuple[int, int], resize_size: int, image_size: int) -> tuple[int, int, int, int]:
@@ -376,7 +368,7 @@ class SkinFusionPredictor:
 
         views = 1
         if tta and self.config.uses_image:
-            other_views = dihedral_views(inputs["pixel_values"])[1:]
+            other_views = all_views(inputs["pixel_values"])[1:]
             views = 1 + len(other_views)
             batch = {"pixel_values": other_views}
             if "metadata" in inputs:

@@ -146,7 +146,8 @@ class SkinFusionTrainingArguments(TrainingArguments):
     cache_train_views: list[str] = field(
         default_factory=lambda: ["original"],
         metadata={"help": "With --cache_image_features: views of each training image cached as extra training rows "
-                          "(original, hflip, vflip, rot180); validation and test use the original only."},
+                          "(names of skin_fusion.data.views.VIEWS: original, hflip, vflip, rot180, rot90, ...); "
+                          "validation and test use the original only."},
     )
     calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on the validation split."})
     compare_image_only: bool = field(

@@ -22,11 +22,12 @@ from scipy.special import softmax
 from transformers import EarlyStoppingCallback, set_seed
 
 from ..data.balancing import class_weights, describe_balancing, sample_weights
-from ..data.feature_cache import check_views, collate_inputs, split_digests
+from ..data.feature_cache import collate_inputs, split_digests
 from ..data.known_datasets import hub_license_of
 from ..data.loading import LesionDataset, load_lesion_dataset
 from ..data.model_inputs import cached_feature_splits, metadata_frame, training_split, with_model_inputs
 from ..data.synthetic import ensure_default_dataset, is_complete
+from ..data.views import check_views
 from ..evaluation.metrics import SCALAR_KEYS, build_compute_metrics
 from ..evaluation.plots import plot_test_results, plot_training_curves
 from ..evaluation.subgroups import MIN_SUBGROUP_SIZE, evaluate_probabilities, subgroup_metrics

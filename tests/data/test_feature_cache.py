@@ -85,7 +85,7 @@ def test_flip_views_are_the_features_of_flipped_images():
     torch.testing.assert_close(backbone_features(extractor, pixels, "rot180"),
                                backbone_features(extractor, pixels.rot90(2, dims=(-2, -1))))
     with pytest.raises(ValueError, match="distinct names from"):
-        backbone_features(extractor, pixels, "rot90")
+        backbone_features(extractor, pixels, "rot45")
 
 
 def test_feature_maps_of_an_early_stage_give_the_same_logits_as_pixels():

@@ -10,6 +10,7 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 from skin_fusion import MetadataError
+from skin_fusion.data.views import VIEWS, all_views
 from skin_fusion.reports.model_card import ModelCardFacts, save_card_facts
 from skin_fusion.serving.predictor import (
     ModelCardSummary,
@@ -17,7 +18,6 @@ from skin_fusion.serving.predictor import (
     SkinFusionPredictor,
     centre_crop_box,
     centre_window,
-    dihedral_views,
 )
 from tests.helpers import MODEL_DAMAGES, damaged_model, lesion_image, save_tiny_model, symmetric_lesion
 
@@ -55,15 +55,17 @@ def test_tta_sums_to_one_and_equals_plain_prediction_for_a_symmetric_image(model
     np.testing.assert_allclose(list(averaged.probabilities.values()), list(plain.probabilities.values()), atol=1e-5)
 
 
-def test_tta_averages_eight_distinct_views_of_an_asymmetric_image(predictor):
-    pixels = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
-    views = dihedral_views(pixels)
-    assert views.shape == (16, 3, 4, 4)
-    assert torch.equal(views[:2], pixels)
-    assert len({tuple(view.flatten().tolist()) for view in views[::2]}) == 8
+def test_tta_averages_the_model_over_every_view(predictor):
+    image = lesion_image()
+    inputs = predictor.processor(images=[image], metadata=[METADATA])
+    with torch.inference_mode():
+        expected = predictor.model(pixel_values=all_views(inputs["pixel_values"]),
+                                   metadata=inputs["metadata"].expand(len(VIEWS), -1)).logits.softmax(-1).mean(0)
 
-    result = predictor.predict(lesion_image(), METADATA, tta=True)
-    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    result = predictor.predict(image, METADATA, tta=True)
+
+    assert result.tta_views == len(VIEWS)
+    np.testing.assert_allclose(list(result.probabilities.values()), expected.numpy(), atol=1e-5)
 
 
 def test_explain_gives_a_heatmap_of_the_image_size_and_the_same_probabilities(predictor):

@@ -1,0 +1,38 @@
+"""The eight named views of a square image: what the cached training rows, the app's TTA and the bench share."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skin_fusion.data.views import VIEWS, all_views, check_views, view_of
+
+
+def asymmetric_batch() -> torch.Tensor:
+    return torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+
+
+def test_views_are_the_eight_symmetries_of_the_square_and_named_for_what_they_do():
+    pixels = asymmetric_batch()
+    assert torch.equal(view_of(pixels, "original"), pixels)
+    assert torch.equal(view_of(pixels, "hflip"), pixels.flip(-1))
+    assert torch.equal(view_of(pixels, "vflip"), pixels.flip(-2))
+    assert torch.equal(view_of(pixels, "rot180"), pixels.flip(-2).flip(-1))
+    assert torch.equal(view_of(pixels, "rot90"), torch.rot90(pixels, 1, dims=(-2, -1)))
+    assert torch.equal(view_of(pixels, "hflip_rot90"), pixels.transpose(-2, -1))  # the mirror on the diagonal
+    assert len({tuple(view_of(pixels, view).flatten().tolist()) for view in VIEWS}) == 8
+
+
+def test_all_views_stacks_every_view_after_the_input_itself():
+    pixels = asymmetric_batch()
+    views = all_views(pixels)
+    assert views.shape == (16, 3, 5, 5)
+    assert torch.equal(views[:2], pixels)
+    for index, view in enumerate(VIEWS):
+        assert torch.equal(views[2 * index:2 * index + 2], view_of(pixels, view))
+
+
+@pytest.mark.parametrize("views", [["rot45"], [], ["hflip", "hflip"]])
+def test_unknown_missing_or_repeated_views_are_refused_with_the_valid_names(views):
+    with pytest.raises(ValueError, match="distinct names from .*'hflip_rot270'"):
+        check_views(views)
