@@ -116,7 +116,9 @@ def load_saved_runs(args: argparse.Namespace) -> SavedRuns:
     models = [SkinFusionForImageClassification.from_pretrained(run).eval() for run in args.runs]
     reference = SkinFusionForImageClassification(models[0].config)
     load_backbone_weights(reference)
-    return SavedRuns(lesions, models, SkinFusionProcessor.from_pretrained(args.runs[0]), reference,
+    # The metadata encoder comes from a run that reads metadata, if any (an image-only run's processor has none).
+    encoding_run = next((run for run, model in zip(args.runs, models) if model.config.uses_metadata), args.runs[0])
+    return SavedRuns(lesions, models, SkinFusionProcessor.from_pretrained(encoding_run), reference,
                      first_trained_stage(models, reference))
 
 
@@ -124,7 +126,7 @@ def cached_split(runs: SavedRuns, split: str, view: str = "original") -> dict[st
     """A split's maps entering `runs.stage` (from the feature cache), encoded metadata and labels."""
     maps = add_image_features(runs.lesions.splits[split], runs.reference.skin_fusion.backbone, runs.processor,
                               view=view, stage=runs.stage)
-    return cached_inputs(maps, runs.processor, True, True)
+    return cached_inputs(maps, runs.processor, True, runs.processor.encoder is not None)
 
 
 def fit_per_class_offsets(log_probabilities: np.ndarray, labels: np.ndarray, start: np.ndarray,
@@ -152,9 +154,15 @@ def model_probabilities(model: SkinFusionForImageClassification, rows: dict[str,
                         stage: int) -> np.ndarray:
     """Calibrated class probabilities of `model` on cached `rows` (maps entering `stage`, encoded metadata)."""
     model.skin_fusion.feature_map_stage = stage
+
+    def metadata(start: int) -> torch.Tensor | None:
+        if not model.config.uses_metadata:
+            return None
+        return torch.from_numpy(rows["metadata"][start:start + BATCH_SIZE]).float()
+
     with torch.inference_mode():
         logits = [model(feature_maps=torch.from_numpy(rows[FEATURE_MAPS_COLUMN][s:s + BATCH_SIZE]).float(),
-                        metadata=torch.from_numpy(rows["metadata"][s:s + BATCH_SIZE]).float()).logits
+                        metadata=metadata(s)).logits
                   for s in range(0, len(rows["labels"]), BATCH_SIZE)]
     return torch.cat(logits).softmax(-1).double().numpy()
 
