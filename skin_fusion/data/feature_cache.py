@@ -3,11 +3,12 @@
 While the backbone is frozen, every epoch would run it again on the same images. `add_image_features` runs it once
 per image (eval mode, inference mode, channels-last, batches of evaluation-transformed images) and stores the pooled
 features (`forward_head(..., pre_logits=True)`) in the column `image_features` with `Dataset.map`. The map's
-fingerprint is made from the split's content (every column, and the bytes of the image files it names), the backbone's
-weights, the image settings and the view, and the map is written to `feature_cache_dir()/<fingerprint>.arrow`, so a
-second run on the same data reads that Arrow file instead of running the backbone, even after the image files were
-laid down again at the same path (`datasets`' own fingerprint of a local folder follows the files' modification
-times, and its cache folder with it).
+fingerprint is made from the split's content (every column, and the names and bytes of the image files it names), the
+backbone's weights, the image settings and the view, and the features alone are written to
+`feature_cache_dir()/<fingerprint>.arrow`, then set beside the split's rows. A second run on the same data reads that
+Arrow file instead of running the backbone, even after the image files were laid down again or their folder moved
+(`datasets`' own fingerprint of a local folder follows the files' paths and modification times, and its cache folder
+with it).
 
 The model then takes `image_features=` instead of `pixel_values=`; its head sees exactly what it would have seen
 from pixels, so a model trained on cached features is a complete SkinFusion model that serves images.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from .views import check_views, view_of
 
 IMAGE_FEATURES_COLUMN = "image_features"
 FEATURE_MAPS_COLUMN = "feature_maps"
-CACHE_VERSION = 1  # bump when the extraction changes, so old cache files are not reused
+CACHE_VERSION = 2  # bump when the extraction changes, so old cache files are not reused
 FEATURE_CACHE_FOLDER = "skin_fusion_features"  # under `datasets`' cache folder (HF_DATASETS_CACHE)
 
 
@@ -85,7 +87,8 @@ def split_content_digest(split: datasets.Dataset, batch_size: int = 512) -> str:
         digest.update(data)
 
     for rows in split.with_format("arrow").iter(batch_size=batch_size):
-        update(Hasher.hash(rows.drop_columns(["image"]).to_pydict()).encode())
+        # Canonical JSON, not a pickle-based hash, so that a digest recorded with a run stays valid across versions.
+        update(json.dumps(rows.drop_columns(["image"]).to_pydict(), sort_keys=True, default=str).encode())
         for image in rows.column("image").to_pylist():
             update(Path(image["path"] or "").name.encode())
             update(image["bytes"] if image["bytes"] is not None else Path(image["path"]).read_bytes())
@@ -159,11 +162,14 @@ def add_image_features(
         return {column: (values.half() if stage is not None else values).numpy()}
 
     fingerprint = features_fingerprint(split, backbone, processor, view, stage)
-    return split.map(
-        extract, input_columns="image", batched=True, batch_size=batch_size,
-        features=datasets.Features({**split.features, column: feature}), new_fingerprint=fingerprint,
+    features = split.map(
+        extract, input_columns="image", batched=True, batch_size=batch_size, remove_columns=split.column_names,
+        features=datasets.Features({column: feature}), new_fingerprint=fingerprint,
         cache_file_name=str(feature_cache_dir() / f"{fingerprint}.arrow"), desc=desc or f"Backbone features ({view})",
     )
+    # The cache file holds the features only: the rows beside them are this split's (its image paths, not those of a
+    # folder that the same files were cached from before they moved).
+    return datasets.concatenate_datasets([split, features], axis=1)
 
 
 def feature_matrix(split: datasets.Dataset, column: str = IMAGE_FEATURES_COLUMN) -> np.ndarray:

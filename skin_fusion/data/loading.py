@@ -177,8 +177,8 @@ def _read_source(
     path = Path(source).expanduser()
     if images_dir is not None and not Path(images_dir).expanduser().is_dir():
         raise LesionDataError(f"images_dir {images_dir!r} is not a folder; pass the folder that holds the images.")
-    # Absolute paths: `datasets` fingerprints (and so its caches) and the cached image features' key follow the path
-    # string, and the same folder must hit the same cache from any working directory.
+    # Absolute paths: `datasets` fingerprints (and so its caches) follow the path string, and the same folder must hit
+    # the same cache from any working directory (the cached image features are keyed by file names and bytes instead).
     if path.is_dir():
         return _read_folder(path.resolve(), image_column=image_column, images_dir=images_dir)
     if path.is_file():

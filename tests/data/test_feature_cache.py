@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datasets
 import os
 import shutil
 import time
@@ -20,9 +21,11 @@ from skin_fusion.data.feature_cache import (
     add_image_features,
     backbone_features,
     cached_inputs,
+    feature_cache_dir,
     feature_extractor,
     feature_matrix,
     smote_inputs,
+    split_content_digest,
 )
 from skin_fusion.modeling.modeling_skin_fusion import SkinFusionForImageClassification
 from skin_fusion.training.run import run_training
@@ -42,6 +45,13 @@ LESION_FOLDER = dict(n_images=150, image_size=64, seed=5)  # the `lesion_folder`
 @pytest.fixture(scope="module")
 def lesions(lesion_folder):
     return load_lesion_dataset(str(lesion_folder), seed=0, test_size=0.3)  # as CACHED_RUN splits it
+
+
+def features_file(with_features: datasets.Dataset) -> str:
+    """The feature cache file that a split with cached features reads its feature column from."""
+    (filename,) = [f["filename"] for f in with_features.cache_files
+                   if Path(f["filename"]).parent == feature_cache_dir()]
+    return filename
 
 
 def train(folder, output_dir, *extra):
@@ -77,15 +87,13 @@ def test_image_features_errors_say_the_fix():
         model(image_features=torch.randn(width))
 
 
-def test_flip_views_are_the_features_of_flipped_images():
+def test_the_features_of_a_view_are_those_of_the_image_seen_that_way():
     extractor = feature_extractor(tiny_model("image").skin_fusion.backbone)
     pixels = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
     torch.testing.assert_close(backbone_features(extractor, pixels, "hflip"),
                                backbone_features(extractor, pixels.flip(-1)))
     torch.testing.assert_close(backbone_features(extractor, pixels, "rot180"),
                                backbone_features(extractor, pixels.rot90(2, dims=(-2, -1))))
-    with pytest.raises(ValueError, match="distinct names from"):
-        backbone_features(extractor, pixels, "rot45")
 
 
 def test_feature_maps_of_an_early_stage_give_the_same_logits_as_pixels():
@@ -150,14 +158,14 @@ def test_a_second_extraction_reads_the_cache_and_new_weights_do_not(lesions):
     backbone = tiny_model("image", processor=processor).skin_fusion.backbone
     split = lesions.splits["test"]
     first = add_image_features(split, backbone, processor)
-    cache_file = first.cache_files[0]["filename"]
+    cache_file = features_file(first)
     written = os.stat(cache_file).st_mtime_ns
     second = add_image_features(split, backbone, processor)
-    assert second.cache_files[0]["filename"] == cache_file
+    assert features_file(second) == cache_file
     assert os.stat(cache_file).st_mtime_ns == written  # read, not rewritten
     with torch.no_grad():
         next(backbone.parameters()).add_(1.0)
-    assert add_image_features(split, backbone, processor).cache_files[0]["filename"] != cache_file
+    assert features_file(add_image_features(split, backbone, processor)) != cache_file
     assert add_image_features(split, backbone, processor, view="hflip")._fingerprint != first._fingerprint
 
 
@@ -169,26 +177,46 @@ def test_the_same_files_copied_or_moved_hit_the_cache_and_changed_bytes_do_not(l
     backbone = tiny_model("image", processor=processor).skin_fusion.backbone
     folder = tmp_path / "lesions"
     shutil.copytree(lesion_folder, folder)
-    first = add_image_features(load_lesion_dataset(str(folder), seed=0).splits["test"], backbone, processor)
-    cache_file = first.cache_files[0]["filename"]
+    first_split = load_lesion_dataset(str(folder), seed=0).splits["test"]
+    cache_file = features_file(add_image_features(first_split, backbone, processor))
     written = os.stat(cache_file).st_mtime_ns
 
     later = time.time() + 60
     for path in folder.rglob("*"):
         os.utime(path, (later, later))
     again = load_lesion_dataset(str(folder), seed=0).splits["test"]
-    assert again._fingerprint != first._fingerprint  # what `datasets` sees: new files
-    assert add_image_features(again, backbone, processor).cache_files[0]["filename"] == cache_file
+    assert again._fingerprint != first_split._fingerprint  # what `datasets` sees: new files
+    assert features_file(add_image_features(again, backbone, processor)) == cache_file
     assert os.stat(cache_file).st_mtime_ns == written  # read, not rewritten
     moved = shutil.move(folder, tmp_path / "moved")  # a user's data folder moved or cloned elsewhere
     in_new_place = load_lesion_dataset(str(moved), seed=0).splits["test"]
-    assert add_image_features(in_new_place, backbone, processor).cache_files[0]["filename"] == cache_file
+    in_new_place = add_image_features(in_new_place, backbone, processor)
+    assert features_file(in_new_place) == cache_file
+    image_paths = [Path(image["path"]) for image in in_new_place.with_format("arrow")["image"].to_pylist()]
+    assert all(path.is_relative_to(moved) for path in image_paths)  # the rows are those of the folder's new place
 
-    changed = Path(in_new_place.with_format("arrow")[:1].column("image").to_pylist()[0]["path"])
+    changed = image_paths[0]
     with Image.open(changed) as image:
         image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed)
     edited = load_lesion_dataset(str(moved), seed=0).splits["test"]
-    assert add_image_features(edited, backbone, processor).cache_files[0]["filename"] != cache_file
+    assert features_file(add_image_features(edited, backbone, processor)) != cache_file
+
+
+def test_a_split_digest_is_pinned_and_follows_the_rows_image_names_and_bytes(tmp_path):
+    # Runs record these digests and the soup command checks data against them later, maybe under other library
+    # versions: the value for fixed rows must never change (a canonical encoding, not a pickle-based hash).
+    def digest(folder: str, age: float = 45.0, name: str = "ISIC_1.jpg", content: bytes = b"read, not decoded") -> str:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_bytes(content)
+        features = datasets.Features({"image": datasets.Image(), "age": datasets.Value("float32"),
+                                      "sex": datasets.Value("string"), "label": datasets.Value("int64")})
+        return split_content_digest(datasets.Dataset.from_dict(
+            {"image": [str(tmp_path / folder / name)], "age": [age], "sex": [None], "label": [2]}, features=features))
+
+    pinned = "d0ce7bcdfedafe8e268c4e24b977d8881e5d9bdc23d51a4c0e493edfd7a64355"
+    assert digest("here") == digest("elsewhere") == pinned
+    assert pinned not in {digest("older", age=50.0), digest("renamed", name="ISIC_2.jpg"),
+                          digest("edited", content=b"other bytes")}
 
 
 def test_smote_on_features_brings_every_class_to_the_majority_count_and_keeps_the_columns():
