@@ -1,4 +1,4 @@
-"""Test-time flips, decision rules and an ensemble of trained HAM10000 models, on the lesion-grouped test split they
+"""Test-time views, decision rules and an ensemble of trained HAM10000 models, on the lesion-grouped test split they
 were scored on.
 
     python -m bench.test_time_flips RUN_DIR [RUN_DIR ...] [--data ../shared/data/ham10000] [--split_seed 42]
@@ -15,7 +15,8 @@ calibrated and adjusted on validation as train.py does for one model).
 
 The models must share their frozen early stages (the preset's runs do): those run once per image and view through
 the library's feature cache, and each model's own later stages run on the cached maps. Every run must have been
-trained on the split given here (checked against its card_facts.json). Writes OUT.json and OUT.md.
+trained on the split given here: its card_facts.json is checked as the soup command checks it (data set, split seed,
+sizes, and the digests of the rows and images). Writes OUT.json and OUT.md.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from skin_fusion.data.views import VIEWS
 from skin_fusion.evaluation.metrics import balanced_accuracy, expected_calibration_error
 from skin_fusion.files import CARD_FACTS_FILE
 from skin_fusion.modeling.modeling_skin_fusion import predicted_classes
+from skin_fusion.reports.model_card import load_card_facts
 from skin_fusion.threads import configure_torch_threads
 from skin_fusion.training.calibration import fit_on_validation
+from skin_fusion.training.soup import check_same_split, check_split_matches
 from skin_fusion.weights.backbone_weights import load_backbone_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,17 +58,6 @@ OFFSET_STEPS = np.arange(-3.0, 3.01, 0.25)
 BATCH_SIZE = 128
 
 Probabilities = dict[tuple[bool, str], np.ndarray]  # (metadata recorded?, view) -> test probabilities
-
-
-def check_split(run: Path, lesions: LesionDataset, split_seed: int) -> None:
-    """Raise unless `run` was trained on this split (its split seed and split sizes), so no test image was seen."""
-    facts = json.loads((run / CARD_FACTS_FILE).read_text())
-    sizes = {name: len(split) for name, split in lesions.splits.items()}
-    if facts["training"].get("split_seed") != split_seed or facts["split_sizes"] != sizes:
-        raise ValueError(f"{run} was trained on split seed {facts['training'].get('split_seed')} with splits "
-                         f"{facts['split_sizes']}, not split seed {split_seed} with {sizes}: its test figures here "
-                         "would include images it trained on. Pass its --split_seed, --validation_size and "
-                         "--test_size.")
 
 
 def first_trained_stage(models: list[SkinFusionForImageClassification],
@@ -109,10 +101,16 @@ class SavedRuns:
 
 def load_saved_runs(args: argparse.Namespace) -> SavedRuns:
     """The runs of `args` (see `add_run_arguments`), checked against their split."""
+    facts = [load_card_facts(run / CARD_FACTS_FILE) for run in args.runs]
+    check_same_split(args.runs, facts)
+    recorded = next((f for f in facts if f.split_digests is not None), facts[0])
+    if recorded.training.get("split_seed") != args.split_seed:
+        raise ValueError(f"The runs were trained on split seed {recorded.training.get('split_seed')}, not "
+                         f"{args.split_seed}: pass theirs with --split_seed, or their test figures here would include "
+                         "images they trained on.")
     lesions = load_lesion_dataset(str(args.data), validation_size=args.validation_size, test_size=args.test_size,
                                   seed=args.split_seed)
-    for run in args.runs:
-        check_split(run, lesions, args.split_seed)
+    check_split_matches(lesions, recorded, str(args.data))
     models = [SkinFusionForImageClassification.from_pretrained(run).eval() for run in args.runs]
     reference = SkinFusionForImageClassification(models[0].config)
     load_backbone_weights(reference)
@@ -232,7 +230,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, "test_time_flips")
     parser.add_argument("--view_sets", nargs="+", choices=list(VIEW_SETS), default=DEFAULT_VIEW_SETS,
-                        help="test-time view sets to score (each view of the test split is extracted once)")
+                        help="test-time view sets whose views to extract (each view of the test split once); "
+                             "every view set whose views were extracted is scored, so app-views scores them all")
     args = parser.parse_args()
     configure_torch_threads()
     started = time.perf_counter()

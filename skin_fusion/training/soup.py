@@ -200,36 +200,47 @@ def check_same_recipe(runs: list[Path], facts: list[ModelCardFacts], output_dir:
 
 
 def check_same_split(runs: list[Path], facts: list[ModelCardFacts]) -> None:
-    """Raise unless every run was trained on the same data set and split (its source, split seed and sizes)."""
-    def split_of(f: ModelCardFacts) -> tuple[str, int | None, dict[str, int], dict[str, str] | None]:
-        return f.dataset_source, f.training.get("split_seed"), f.split_sizes, f.split_digests
+    """Raise unless every run was trained on the same data set and split: its source, split seed and sizes, and the
+    digests of its rows where both runs recorded them (runs saved before digests were recorded have none)."""
+    def split_of(f: ModelCardFacts) -> tuple[str, int | None, dict[str, int]]:
+        return f.dataset_source, f.training.get("split_seed"), f.split_sizes
 
     for run, other in zip(runs[1:], facts[1:]):
-        if split_of(other) != split_of(facts[0]):
+        both_digested = other.split_digests is not None and facts[0].split_digests is not None
+        if split_of(other) != split_of(facts[0]) or (both_digested and other.split_digests != facts[0].split_digests):
             raise ValueError(f"{run} was trained on {split_of(other)}, {runs[0]} on {split_of(facts[0])} (data set, "
-                             "split seed, split sizes, rows): soup runs of one split only (train.py --split_seed).")
+                             "split seed, split sizes; or the same sizes with other rows): soup runs of one split "
+                             "only (train.py --split_seed).")
 
 
-def load_split(args: SoupArguments, facts: ModelCardFacts) -> LesionDataset:
-    """The runs' data set split as they were trained on it; raises if the sizes given do not reproduce it, or (for
-    runs that recorded their rows' digests) if any split's rows or images differ from theirs."""
-    lesions = load_lesion_dataset(args.dataset or facts.dataset_source, validation_size=args.validation_size,
-                                  test_size=args.test_size, seed=facts.training["split_seed"])
+def check_split_matches(lesions: LesionDataset, facts: ModelCardFacts, data: str) -> None:
+    """Raise unless `lesions` (loaded from `data`) is the split `facts` records: its classes, its sizes and, when the
+    run recorded them, every split's rows (metadata, image file names and bytes)."""
     sizes = {name: len(split) for name, split in lesions.splits.items()}
     if lesions.label_names != facts.label_names:
-        raise ValueError(f"{args.dataset or facts.dataset_source} has the classes {lesions.label_names}, the runs "
-                         f"{facts.label_names}: pass the data set they were trained on with --dataset.")
+        raise ValueError(f"{data} has the classes {lesions.label_names}, the runs {facts.label_names}: pass the data "
+                         "set they were trained on with --dataset.")
     if sizes != facts.split_sizes:
-        raise ValueError(f"--validation_size {args.validation_size} and --test_size {args.test_size} give splits "
-                         f"{sizes}, but the runs were trained on {facts.split_sizes}: pass the runs' sizes, or the "
-                         "soup would be scored on images it trained on.")
+        raise ValueError(f"The validation and test sizes given split {data} into {sizes}, but the runs were trained "
+                         f"on {facts.split_sizes}: pass the runs' --validation_size and --test_size, or they would be "
+                         "scored on images they trained on.")
     if facts.split_digests is not None:
         differing = [name for name, digest in split_digests(lesions.splits).items()
                      if digest != facts.split_digests.get(name)]
         if differing:
-            raise ValueError(f"The {' and '.join(differing)} rows differ from those the runs were trained on (same "
-                             "sizes; other rows, metadata or image bytes): pass the data set they were trained on "
-                             "with --dataset, unchanged.")
+            raise ValueError(f"The {' and '.join(differing)} rows of {data} differ from those the runs were trained "
+                             "on (same sizes; other rows, metadata, image bytes or renamed image files): pass the "
+                             "data set they were trained on with --dataset, unchanged.")
+
+
+def load_split(args: SoupArguments, facts: list[ModelCardFacts]) -> LesionDataset:
+    """The runs' data set split as they were trained on it (see `check_split_matches`), checked against the first run
+    that recorded its rows' digests."""
+    recorded = next((f for f in facts if f.split_digests is not None), facts[0])
+    data = args.dataset or recorded.dataset_source
+    lesions = load_lesion_dataset(data, validation_size=args.validation_size, test_size=args.test_size,
+                                  seed=recorded.training["split_seed"])
+    check_split_matches(lesions, recorded, data)
     return lesions
 
 
@@ -256,7 +267,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     processor = check_same_recipe(runs, facts, Path(args.output_dir))
     check_same_split(runs, facts)
     soup = soup_of([SkinFusionForImageClassification.from_pretrained(run).eval() for run in runs])
-    lesions = load_split(args, facts[0])
+    lesions = load_split(args, facts)
     inputs = {split: cached_inputs(add_image_features(lesions.splits[split], soup.skin_fusion.backbone, processor,
                                                       batch_size=args.batch_size)
                                    if soup.config.uses_image else lesions.splits[split],

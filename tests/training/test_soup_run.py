@@ -78,15 +78,21 @@ def test_a_soup_refuses_runs_of_other_recipes_splits_and_data_that_do_not_reprod
     train(lesion_folder, other_split, *QUICK, *FINE_TUNING, str(pretrained_backbone), "--split_seed", "1")
     with pytest.raises(ValueError, match="trained differently .*split_seed"):
         main(["--runs", str(two_runs[0]), str(other_split), "--output_dir", str(out), *sizes])
-    with pytest.raises(ValueError, match="pass the runs' sizes"):
+    with pytest.raises(ValueError, match="pass the runs' --validation_size and --test_size"):
         main(["--runs", *map(str, two_runs), "--output_dir", str(out), *sizes[:2], "--validation_size", "0.2",
               "--dataset", str(lesion_folder)])
     edited = Path(shutil.copytree(lesion_folder, tmp_path / "edited"))  # same rows and sizes, one image changed
     first_image = sorted((edited / "images").iterdir())[0]
     with Image.open(first_image) as image:
         image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(first_image)
-    with pytest.raises(ValueError, match="rows differ from those the runs were trained on"):
+    with pytest.raises(ValueError, match="rows of .* differ from those the runs were trained on"):
         main(["--runs", *map(str, two_runs), "--output_dir", str(out), *sizes[:4], "--dataset", str(edited)])
+    # A run saved before runs recorded their rows' digests soups with newer runs; the data is checked against theirs.
+    older = Path(shutil.copytree(two_runs[0], tmp_path / "older"))
+    older_facts = json.loads((older / "card_facts.json").read_text())
+    (older / "card_facts.json").write_text(json.dumps({**older_facts, "split_digests": None}))
+    with pytest.raises(ValueError, match="rows of .* differ from those the runs were trained on"):
+        main(["--runs", str(older), str(two_runs[1]), "--output_dir", str(out), *sizes[:4], "--dataset", str(edited)])
     with pytest.raises(ValueError, match="each run once"):
         main(["--runs", str(two_runs[0]), str(two_runs[0]), "--output_dir", str(out), *sizes])
     with pytest.raises(ValueError, match="none of the runs"):
