@@ -1,1 +1,2 @@
-"""Lesion data: loading, splits, class balancing, the synthetic default set, cached features, known data sets."""
+"""Lesion data: loading, splits, views of an image, class balancing, the synthetic default set, cached features,
+known data sets."""
