@@ -28,6 +28,7 @@ from starlette.middleware import Middleware
 from skin_fusion import MetadataError
 from skin_fusion.data.known_datasets import LABEL_CANDIDATES, class_display_name
 from skin_fusion.data.synthetic import ensure_default_dataset
+from skin_fusion.data.views import TEST_TIME_DESCRIPTION
 from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, ImageInputError
 from skin_fusion.serving.predictor import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
 from skin_fusion.serving.web_io import RequestBodyLimit, image_file, settle_server_memory, upload_source
@@ -147,7 +148,7 @@ def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> 
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
                                  label="Lesion photo", height=320, elem_id="lesion-image")
                 fields = [metadata_input(name, predictor) for name in predictor.metadata_columns]
-                tta = gr.Checkbox(label="Average over 8 rotations and flips (test-time augmentation, slower)")
+                tta = gr.Checkbox(label=f"Average over {TEST_TIME_DESCRIPTION} (test-time augmentation)")
                 explain = gr.Checkbox(value=True, label="Show where the model looked (Grad-CAM heatmap)")
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
             with gr.Column():

@@ -11,7 +11,7 @@ image file `--image`, decoded on every call as the app decodes an upload):
     crop, normalisation, metadata encoding, fusion head, softmax) must add at most 10% to the bare forward;
   - predictor (ONNX Runtime): the same call served by `runtime="onnx"` (the whole classifier exported);
   - predictor + Grad-CAM (`explain=True`) must cost at most the bare forward + backward;
-  - predictor + TTA (8 views in one batch), for information.
+  - predictor + TTA (the image and its mirror image), for information.
 Writes bench/results/app_latency.{json,md} (app_latency_Nthreads.* for other thread counts). Other processes on the
 machine distort 2-thread timings badly (a preempted OpenMP thread stalls the other); the load average is recorded.
 """
@@ -136,7 +136,7 @@ def markdown(results: dict[str, dict[str, float]], info: dict[str, object], runs
         f"average {info['load_average_1min']} at the end. Bare model: eval, channels-last, inference mode.",
         "",
         "| backbone | bare forward | bare fwd+bwd | predictor | overhead (≤ 10%) | predictor, ONNX Runtime (÷ bare) "
-        "| + Grad-CAM | Grad-CAM / fwd+bwd (≤ 1) | + TTA (8 views) |",
+        "| + Grad-CAM | Grad-CAM / fwd+bwd (≤ 1) | + TTA |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, t in results.items():

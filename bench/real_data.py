@@ -45,6 +45,7 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from skin_fusion.data.views import FLIPS_AND_HALF_TURN, VIEWS
 from skin_fusion.evaluation.metrics import SCALAR_KEYS
 from skin_fusion.reports.formatting import markdown_table, number
 from skin_fusion.reports.machine import command_line, machine_facts, utc_now
@@ -85,7 +86,7 @@ ANCHORS = [
 TRIES = [
     ("smote", ("--balancing", "smote")),
     ("head 512, dropout 0.5", ("--head_hidden_sizes", "512", "--dropout", "0.5")),
-    ("flip views", ("--cache_train_views", "original", "hflip", "vflip", "rot180")),
+    ("flip views", ("--cache_train_views", *FLIPS_AND_HALF_TURN)),
 ]
 
 
@@ -326,7 +327,7 @@ def run_all(options: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         per_image = first["feature_extraction_seconds"] / image_count("ham10000", options.data_dir,
                                                                       options.runs_dir) if first else 0.0
         for variant, flags in TRIES:
-            new_views = flags.count("hflip") + flags.count("vflip") + flags.count("rot180")
+            new_views = len(set(flags) & set(VIEWS) - {"original"})
             # Flip views extract the training split again per view (about 70% of the images each).
             extraction = new_views * 0.7 * image_count("ham10000", options.data_dir, options.runs_dir) * per_image
             for modality in missing:

@@ -2,13 +2,13 @@
 were scored on.
 
     python -m bench.test_time_flips RUN_DIR [RUN_DIR ...] [--data ../shared/data/ham10000] [--split_seed 42]
-        [--view_sets original original+hflip training-views app-views] [--out bench/results/test_time_flips]
+        [--view_sets original original+hflip training-views all-views] [--out bench/results/test_time_flips]
 
 For every saved model: test balanced accuracy, macro AUC and ECE with its saved temperature and decision offsets
 (fitted by train.py on validation, single view, metadata as recorded: what the app applies to every request), from the
 original image alone and from the probabilities averaged over a set of its views (`VIEW_SETS`: by default the original
-and its horizontal flip; also the four training views, and the eight views that the app's test-time augmentation
-averages), with the metadata as recorded and with nothing recorded.
+and its horizontal flip, which the app's test-time augmentation averages; also the four training views and all eight
+views), with the metadata as recorded and with nothing recorded.
 Beside the saved rule: per-class offsets fitted on validation by coordinate ascent on balanced accuracy (the saved
 rule has one strength for all classes). With several fusion models, their ensemble too (probabilities averaged, then
 calibrated and adjusted on validation as train.py does for one model).
@@ -38,7 +38,7 @@ from bench.seed_summary import mean_sd
 from skin_fusion import SkinFusionForImageClassification, SkinFusionProcessor
 from skin_fusion.data.feature_cache import FEATURE_MAPS_COLUMN, add_image_features, cached_inputs, withhold_metadata
 from skin_fusion.data.loading import LesionDataset, load_lesion_dataset
-from skin_fusion.data.views import VIEWS
+from skin_fusion.data.views import FLIPS_AND_HALF_TURN, VIEWS
 from skin_fusion.evaluation.metrics import balanced_accuracy, expected_calibration_error
 from skin_fusion.files import CARD_FACTS_FILE
 from skin_fusion.modeling.modeling_skin_fusion import predicted_classes
@@ -49,10 +49,10 @@ from skin_fusion.training.soup import check_same_split, check_split_matches
 from skin_fusion.weights.backbone_weights import load_backbone_weights
 
 REPO = Path(__file__).resolve().parents[1]
-# Views whose probabilities are averaged: the image alone, with its mirror image, the ham10000 preset's four training
-# views, and the app's test-time augmentation (all eight).
+# Views whose probabilities are averaged: the image alone, with its mirror image (the app's test-time augmentation),
+# the ham10000 preset's four training views, and all eight.
 VIEW_SETS = {"original": ("original",), "original+hflip": ("original", "hflip"),
-             "training-views": ("original", "hflip", "vflip", "rot180"), "app-views": tuple(VIEWS)}
+             "training-views": FLIPS_AND_HALF_TURN, "all-views": tuple(VIEWS)}
 DEFAULT_VIEW_SETS = ["original", "original+hflip"]
 OFFSET_STEPS = np.arange(-3.0, 3.01, 0.25)
 BATCH_SIZE = 128
@@ -231,7 +231,7 @@ def main() -> None:
     add_run_arguments(parser, "test_time_flips")
     parser.add_argument("--view_sets", nargs="+", choices=list(VIEW_SETS), default=DEFAULT_VIEW_SETS,
                         help="test-time view sets whose views to extract (each view of the test split once); "
-                             "every view set whose views were extracted is scored, so app-views scores them all")
+                             "every view set whose views were extracted is scored, so all-views scores them all")
     args = parser.parse_args()
     configure_torch_threads()
     started = time.perf_counter()

@@ -33,7 +33,7 @@ from torch import nn
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 from ..data.known_datasets import class_display_name
-from ..data.views import all_views
+from ..data.views import TEST_TIME_VIEWS, views_of
 from ..evaluation.metrics import CARD_METRICS
 from ..files import CARD_FACTS_FILE, MAKE_MODEL_HINT
 from ..modeling import (
@@ -62,8 +62,6 @@ MAX_EXPLAIN_SIDE = 1024
 # The model sees only the centre square of an image. A longer image is first cut to its centre part of this aspect
 # ratio, so that a 50000x32 strip is neither resized to a gigapixel strip nor drawn as a 1024x1 heatmap.
 MAX_ASPECT_RATIO = 4
-# Test-time augmentation averages over the 8 symmetries of the square (a lesion has no canonical orientation).
-TTA_DESCRIPTION = "rotations by 0, 90, 180 and 270 degrees, each with and without a horizontal flip"
 RUNTIMES = ("torch", "onnx")
 
 
@@ -337,7 +335,7 @@ class SkinFusionPredictor:
                 `MAX_ASPECT_RATIO` times longer than wide. Ignored (may be None) for a metadata-only model.
             metadata: raw values by field name (e.g. {"age": 63, "sex": "male"}); missing or "unknown" values are
                 imputed. Ignored for an image-only model.
-            tta: average the probabilities over `TTA_DESCRIPTION` (one batched forward of 8 views).
+            tta: average the probabilities over `TEST_TIME_VIEWS` (the image and its mirror image: one more forward).
             explain: add a Grad-CAM heatmap of the top class; costs one backward through the layers after the
                 backbone's last convolutional stage, and its forward's logits give the probabilities.
 
@@ -368,7 +366,7 @@ class SkinFusionPredictor:
 
         views = 1
         if tta and self.config.uses_image:
-            other_views = all_views(inputs["pixel_values"])[1:]
+            other_views = views_of(inputs["pixel_values"], TEST_TIME_VIEWS[1:])
             views = 1 + len(other_views)
             batch = {"pixel_values": other_views}
             if "metadata" in inputs:

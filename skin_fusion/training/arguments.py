@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..data.views import FLIPS_AND_HALF_TURN, VIEWS
 from ..files import DEFAULT_OUTPUT_DIR
 
 # The dataclass defaults below are the demo preset; other presets override some of them.
@@ -32,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ham10000": {
         "backbone": "tf_efficientnet_lite0", "image_size": 224, "backbone_weights": "lite",
         "cache_image_features": True, "unfreeze_last_blocks": 2, "freeze_epochs": 0, "num_train_epochs": 2,
-        "cache_train_views": ["original", "hflip", "vflip", "rot180"], "per_device_train_batch_size": 64,
+        "cache_train_views": list(FLIPS_AND_HALF_TURN), "per_device_train_batch_size": 64,
         "per_device_eval_batch_size": 128, "learning_rate": 2e-3, "backbone_learning_rate": 3e-4,
         "warmup_steps": 0.1, "eval_strategy": "steps", "eval_steps": 0.125, "validation_size": 0.1, "test_size": 0.2,
         "split_seed": 42, "balancing": "none", "metadata_dropout": 0.1,
@@ -146,7 +147,7 @@ class SkinFusionTrainingArguments(TrainingArguments):
     cache_train_views: list[str] = field(
         default_factory=lambda: ["original"],
         metadata={"help": "With --cache_image_features: views of each training image cached as extra training rows "
-                          "(names of skin_fusion.data.views.VIEWS: original, hflip, vflip, rot180, rot90, ...); "
+                          f"(names of skin_fusion.data.views.VIEWS: {', '.join(VIEWS)}); "
                           "validation and test use the original only."},
     )
     calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on the validation split."})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skin_fusion.data.views import VIEWS, all_views, check_views, view_of
+from skin_fusion.data.views import VIEWS, check_views, view_of, views_of
 
 
 def asymmetric_batch() -> torch.Tensor:
@@ -27,13 +27,14 @@ def test_views_are_the_eight_symmetries_of_the_square_and_named_for_what_they_do
     assert view_of(square, "hflip_rot270").tolist() == [[4, 2], [3, 1]]  # the mirror on the other diagonal
 
 
-def test_all_views_stacks_every_view_after_the_input_itself():
+def test_views_of_stacks_the_batch_view_by_view():
     pixels = asymmetric_batch()
-    views = all_views(pixels)
-    assert views.shape == (16, 3, 5, 5)
-    assert torch.equal(views[:2], pixels)
-    for index, view in enumerate(VIEWS):
-        assert torch.equal(views[2 * index:2 * index + 2], view_of(pixels, view))
+    views = views_of(pixels, ["hflip", "original", "rot90"])
+    assert views.shape == (6, 3, 5, 5)
+    assert torch.equal(views[:2], pixels.flip(-1)) and torch.equal(views[2:4], pixels)
+    assert torch.equal(views[4:], view_of(pixels, "rot90"))
+    with pytest.raises(ValueError, match="distinct names from"):
+        views_of(pixels, ["original", "rot45"])
 
 
 @pytest.mark.parametrize("views", [["rot45"], [], ["hflip", "hflip"]])
