@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from skin_fusion.files import CARD_FACTS_FILE
+from skin_fusion.files import CARD_FACTS_FILE, TRAINING_REPORT_FILE
 
 WAYS = {"test_metrics": "age, sex and site as recorded", "test_metrics_without_metadata": "nothing recorded",
         "image_only_test_metrics": "image-only twin"}
@@ -25,8 +25,8 @@ METRICS = ("balanced_accuracy", "macro_auc", "ece")
 
 def run_figures(run_dir: Path) -> dict[str, Any]:
     """One run's three test readings, its seed and wall time."""
-    report = json.loads((run_dir / "training_report.json").read_text())
-    twin_report = run_dir / "image-only" / "training_report.json"
+    report = json.loads((run_dir / TRAINING_REPORT_FILE).read_text())
+    twin_report = run_dir / "image-only" / TRAINING_REPORT_FILE
     if report.get("image_only_test_metrics") is None and twin_report.is_file():
         report["image_only_test_metrics"] = json.loads(twin_report.read_text())["test_metrics"]
     facts_file = run_dir / CARD_FACTS_FILE

@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from ..files import CONFUSION_MATRIX_FILE, ROC_CURVES_FILE
+
 DPI = 110
 
 
@@ -64,8 +66,8 @@ def plot_test_results(results: dict[str, Any], probabilities: np.ndarray, labels
                       output_dir: Path) -> None:
     """`confusion_matrix.png` and `roc_curves.png` of a test split's `results` (the lesion metric's), in
     `output_dir`: the plots a model card shows."""
-    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), label_names, output_dir / "confusion_matrix.png")
-    plot_roc_curves(probabilities, labels, label_names, output_dir / "roc_curves.png", results["roc_auc"])
+    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), label_names, output_dir / CONFUSION_MATRIX_FILE)
+    plot_roc_curves(probabilities, labels, label_names, output_dir / ROC_CURVES_FILE, results["roc_auc"])
 
 
 def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path | None:

@@ -27,12 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..files import DEFAULT_OUTPUT_DIR, MAKE_MODEL_HINT
+from ..files import DEFAULT_OUTPUT_DIR, MAKE_MODEL_HINT, ONNX_FILE
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification
 from ..threads import thread_count
 
-ONNX_FILE_NAME = "model.onnx"
 # Opset 18 is the exporter's native opset (no version conversion) and ONNX Runtime >= 1.14 runs it.
 DEFAULT_OPSET = 18
 # ONNX Runtime fuses and reorders float32 operations, so logits differ from PyTorch's in the last bits (about 1e-6
@@ -130,7 +129,7 @@ def export_onnx(
             raise ValueError("Pass `output_path` when exporting a model object (there is no model directory).")
     else:
         model = load_model(model_dir_or_model)
-        output_path = output_path or Path(model_dir_or_model) / ONNX_FILE_NAME
+        output_path = output_path or Path(model_dir_or_model) / ONNX_FILE
     _check_exporter_installed()
     _onnxruntime()
     output_path = Path(output_path)
@@ -218,7 +217,7 @@ class OnnxSkinFusion:
         """The session on `model_dir/model.onnx` (written by `python -m skin_fusion.serving.onnx model_dir`)."""
         if not Path(model_dir).is_dir():
             raise FileNotFoundError(f"No model directory at '{model_dir}'. {MAKE_MODEL_HINT}, then export it.")
-        return cls(Path(model_dir) / ONNX_FILE_NAME, num_threads=num_threads, spin=spin)
+        return cls(Path(model_dir) / ONNX_FILE, num_threads=num_threads, spin=spin)
 
     def __call__(
         self, pixel_values: torch.Tensor | np.ndarray | None = None, metadata: torch.Tensor | np.ndarray | None = None
@@ -238,9 +237,9 @@ def onnx_cache_path(path_or_id: str | Path) -> Path:
     """Where the export of `path_or_id` goes: beside a writable local model, else in the user's cache folder."""
     local = Path(path_or_id)
     if local.is_dir() and os.access(local, os.W_OK):
-        return local / ONNX_FILE_NAME
+        return local / ONNX_FILE
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "skin_fusion" / "onnx"
-    return cache / str(path_or_id).strip("/").replace("/", "--") / ONNX_FILE_NAME
+    return cache / str(path_or_id).strip("/").replace("/", "--") / ONNX_FILE
 
 
 def onnx_session_for(
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a saved SkinFusion model to ONNX and check it against "
                                                  "PyTorch with ONNX Runtime.")
     parser.add_argument("model_dir", help=f"a directory written by `python train.py` (e.g. {DEFAULT_OUTPUT_DIR})")
-    parser.add_argument("--out", default=None, help=f"output file (default: MODEL_DIR/{ONNX_FILE_NAME})")
+    parser.add_argument("--out", default=None, help=f"output file (default: MODEL_DIR/{ONNX_FILE})")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     args = parser.parse_args(argv)
     try:

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..files import TRAINING_REPORT_FILE
 from ..reports.formatting import markdown_table, number, seconds
 from ..reports.machine import command_line, machine_facts, utc_now
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "training_report.json"
 RECORD_NAME = "experiment.json"  # the run's exact train.py argv and its wall time, beside the report
 
 # Image size and epochs per budget. The metadata MLP costs seconds an epoch, so it gets more epochs than the image
@@ -135,11 +135,11 @@ def run_once(argv: list[str], run_dir: Path) -> None:
             f"{run_dir} was made with other train.py flags ({read_json(record_path)['argv']}) than this comparison "
             f"asks for ({argv}). Pass another --out / --runs_dir, or delete {run_dir} to run it again."
         )
-    if (run_dir / REPORT_NAME).exists():
+    if (run_dir / TRAINING_REPORT_FILE).exists():
         if not record_path.exists():
-            raise ValueError(f"{run_dir} holds a {REPORT_NAME} this command did not write; delete {run_dir} or pass "
-                             "another --runs_dir.")
-        logger.info("Skipping %s: %s exists.", run_dir.name, REPORT_NAME)
+            raise ValueError(f"{run_dir} holds a {TRAINING_REPORT_FILE} this command did not write; delete "
+                             f"{run_dir} or pass another --runs_dir.")
+        logger.info("Skipping %s: %s exists.", run_dir.name, TRAINING_REPORT_FILE)
         return
 
     from .arguments import parse_training_arguments
@@ -178,7 +178,7 @@ def result_row(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     """One run's facts: its settings as train.py parsed them, its test metrics exactly as its report holds them."""
     from .arguments import parse_training_arguments
 
-    report = read_json(run_dir / REPORT_NAME)
+    report = read_json(run_dir / TRAINING_REPORT_FILE)
     record = read_json(run_dir / RECORD_NAME)
     model_args, data_args, training_args = parse_training_arguments(record["argv"])
     uses_image = model_args.modality != "metadata"
@@ -258,7 +258,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"# SkinFusion comparison on {data_name}",
         "",
         f"Written by `python -m skin_fusion.training.experiments {command_line(results['command'])}`; every number "
-        f"below is copied from the run's own `{REPORT_NAME}`.",
+        f"below is copied from the run's own `{TRAINING_REPORT_FILE}`.",
         "",
         f"Data: {source}{kind}, classes {', '.join(data['label_names'])}. The same split for every run "
         f"(seed {settings['seed']}{grouping}): {sizes} images. Test classes: {counts}.",

@@ -31,7 +31,7 @@ from ..data.views import check_views
 from ..evaluation.metrics import SCALAR_KEYS, build_compute_metrics
 from ..evaluation.plots import plot_test_results, plot_training_curves
 from ..evaluation.subgroups import MIN_SUBGROUP_SIZE, evaluate_probabilities, subgroup_metrics
-from ..files import CARD_FACTS_FILE
+from ..files import CARD_FACTS_FILE, TRAINING_CURVES_FILE, TRAINING_REPORT_FILE
 from ..modeling.backbones import check_stage_split
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.metadata_encoding import MetadataEncoder
@@ -296,7 +296,7 @@ def run_training(
         report.image_only_test_metrics = train_image_only_twin(model_args, data_args, args).test_metrics
     if trainer.is_world_process_zero():
         output_dir = Path(args.output_dir)
-        curves = plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
+        curves = plot_training_curves(trainer.state.log_history, output_dir / TRAINING_CURVES_FILE)
         metadata_columns = lesions.numeric_columns + lesions.categorical_columns
         subgroups = subgroup_metrics(
             metadata_frame(lesions.splits["test"], metadata_columns), probabilities, test_labels, metadata_columns,
@@ -309,7 +309,7 @@ def run_training(
         save_card_facts(facts, output_dir / CARD_FACTS_FILE)
         if push_to_hub:
             report.pushed_to, report.push_error = push_safely(output_dir, args.hub_model_id or output_dir.name, args)
-        (output_dir / "training_report.json").write_text(json.dumps(asdict(report), indent=2))
+        (output_dir / TRAINING_REPORT_FILE).write_text(json.dumps(asdict(report), indent=2))
         remove_checkpoints(output_dir)
     return report
 

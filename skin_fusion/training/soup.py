@@ -38,7 +38,7 @@ from ..data.model_inputs import metadata_frame
 from ..evaluation.metrics import SCALAR_KEYS
 from ..evaluation.plots import plot_test_results
 from ..evaluation.subgroups import evaluate_probabilities, subgroup_metrics
-from ..files import CARD_FACTS_FILE
+from ..files import CARD_FACTS_FILE, SOUP_REPORT_FILE, TRAINING_CURVES_FILE
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
 from ..modeling.processing_skin_fusion import SkinFusionProcessor
@@ -297,9 +297,9 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     columns = lesions.numeric_columns + lesions.categorical_columns
     decided = predicted_classes(torch.from_numpy(test_logits), offsets).numpy()
     plot_test_results(results, probabilities, test["labels"], lesions.label_names, output_dir)
-    curves = (runs[0] / "training_curves.png").is_file()
+    curves = (runs[0] / TRAINING_CURVES_FILE).is_file()
     if curves:
-        shutil.copyfile(runs[0] / "training_curves.png", output_dir / "training_curves.png")
+        shutil.copyfile(runs[0] / TRAINING_CURVES_FILE, output_dir / TRAINING_CURVES_FILE)
     seeds = [f.training["seed"] for f in facts]
     soup_facts = dataclasses.replace(
         facts[0], model_name=f"{facts[0].model_name}, soup of {len(runs)} runs", repo_or_path=str(output_dir),
@@ -324,7 +324,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
               "runs_test_metrics": [f.test_metrics for f in facts],
               "runs_test_metrics_without_metadata": [f.test_metrics_without_metadata for f in facts],
               "soup_seconds": round(time.perf_counter() - started, 1)}
-    (output_dir / "soup_report.json").write_text(json.dumps(report, indent=2))
+    (output_dir / SOUP_REPORT_FILE).write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 import skin_fusion.training.run
-from skin_fusion.training.experiments import REPORT_NAME, comparison_plan, run_comparison
+from skin_fusion.files import TRAINING_REPORT_FILE
+from skin_fusion.training.experiments import comparison_plan, run_comparison
 
 RUNS = ["metadata_mlp", "small_cnn", "fusion_lite0"]
 # train.py flags for every run: the fusion run gets the plain CNN too, so nothing needs pretrained weights.
@@ -68,7 +69,7 @@ def test_numbers_equal_each_runs_training_report(comparison):
     out, results = comparison
     models = table_rows((out / "results.md").read_text(), "## Models")
     for row, cells in zip(results["runs"], models):
-        report = json.loads((Path(row["run_dir"]) / REPORT_NAME).read_text())
+        report = json.loads((Path(row["run_dir"]) / TRAINING_REPORT_FILE).read_text())
         assert row["test_metrics"] == report["test_metrics"]
         metrics = report["test_metrics"]
         expected = [f"{metrics[key]:.3f}" for key in ("balanced_accuracy", "macro_auc", "macro_f1", "ece")]
@@ -78,7 +79,11 @@ def test_numbers_equal_each_runs_training_report(comparison):
 
 def test_rerun_skips_finished_runs(comparison, lesion_folder, monkeypatch):
     out, first = comparison
-    reports = {row["name"]: (Path(row["run_dir"]) / REPORT_NAME).stat().st_mtime_ns for row in first["runs"]}
+    def report_times(comparison_result: dict) -> dict[str, int]:
+        return {row["name"]: (Path(row["run_dir"]) / TRAINING_REPORT_FILE).stat().st_mtime_ns
+                for row in comparison_result["runs"]}
+
+    reports = report_times(first)
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -86,7 +91,7 @@ def test_rerun_skips_finished_runs(comparison, lesion_folder, monkeypatch):
     monkeypatch.setattr(skin_fusion.training.run, "run_training", must_not_train)
     again = run_comparison(tiny_comparison_argv(lesion_folder, out))
     assert [row["test_metrics"] for row in again["runs"]] == [row["test_metrics"] for row in first["runs"]]
-    assert {row["name"]: (Path(row["run_dir"]) / REPORT_NAME).stat().st_mtime_ns for row in again["runs"]} == reports
+    assert report_times(again) == reports
 
 
 def test_run_folder_made_with_other_flags_is_refused(comparison, lesion_folder):
