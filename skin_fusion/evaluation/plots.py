@@ -70,27 +70,31 @@ def plot_test_results(results: dict[str, Any], probabilities: np.ndarray, labels
     plot_roc_curves(probabilities, labels, label_names, output_dir / ROC_CURVES_FILE, results["roc_auc"])
 
 
-def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Training loss, validation loss and validation balanced accuracy by epoch (the Trainer's `log_history`), as a
-    PNG; `None` when the run logged no evaluation."""
-    train = [(row["epoch"], row["loss"]) for row in log_history if "loss" in row and "epoch" in row]
-    evaluation = [row for row in log_history if "eval_loss" in row]
-    if not evaluation:
+def plot_training_curves(log_histories: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """Training loss, validation loss and validation balanced accuracy by epoch of one or more runs (the Trainer's
+    `log_history`, by run name), as a PNG; `None` when no run logged an evaluation."""
+    runs = {name: history for name, history in log_histories.items() if any("eval_loss" in row for row in history)}
+    if not runs:
         return None
     figure = Figure(figsize=(10, 3.6))
     loss_axes, score_axes = figure.subplots(1, 2)
-    if train:
-        loss_axes.plot(*zip(*train), label="training loss", linewidth=1)
-    loss_axes.plot([row["epoch"] for row in evaluation], [row["eval_loss"] for row in evaluation], marker="o",
-                   label="validation loss")
+    for colour, (name, history) in enumerate(runs.items()):
+        train = [(row["epoch"], row["loss"]) for row in history if "loss" in row and "epoch" in row]
+        evaluation = [row for row in history if "eval_loss" in row]
+        prefix, colours = (f"{name}: " if len(runs) > 1 else ""), [f"C{2 * colour}", f"C{2 * colour + 1}"]
+        if train:
+            loss_axes.plot(*zip(*train), label=f"{prefix}training loss", linewidth=1, color=colours[0])
+        loss_axes.plot([row["epoch"] for row in evaluation], [row["eval_loss"] for row in evaluation], marker="o",
+                       label=f"{prefix}validation loss", color=colours[1])
+        for key, label, style in (("eval_balanced_accuracy", "balanced accuracy", "-"),
+                                  ("eval_macro_auc", "macro AUC", "--")):
+            if key in evaluation[0]:
+                score_axes.plot([row["epoch"] for row in evaluation], [row[key] for row in evaluation], marker="o",
+                                linestyle=style, label=f"{prefix}{label}", color=colours[1])
     loss_axes.set_xlabel("epoch")
     loss_axes.set_title("Loss")
-    loss_axes.legend(fontsize=8)
-    for key, name in (("eval_balanced_accuracy", "balanced accuracy"), ("eval_macro_auc", "macro AUC")):
-        if key in evaluation[0]:
-            score_axes.plot([row["epoch"] for row in evaluation], [row[key] for row in evaluation], marker="o",
-                            label=name)
+    loss_axes.legend(fontsize=8 if len(runs) == 1 else 6)
     score_axes.set_xlabel("epoch")
     score_axes.set_title("Validation (the best epoch is kept)")
-    score_axes.legend(fontsize=8)
+    score_axes.legend(fontsize=8 if len(runs) == 1 else 6)
     return save_figure(figure, path)

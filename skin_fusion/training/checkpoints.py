@@ -8,15 +8,17 @@ import re
 import shutil
 from pathlib import Path
 
+from ..files import TRAINER_STATE_FILE
+
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def is_complete_checkpoint(path: Path) -> bool:
-    """Trainer writes `trainer_state.json` last: a checkpoint without a readable one was cut off mid-save."""
+    """Trainer writes its state file last: a checkpoint without a readable one was cut off mid-save."""
     try:
-        json.loads((path / "trainer_state.json").read_text())
+        json.loads((path / TRAINER_STATE_FILE).read_text())
     except (OSError, ValueError):
         return False
     return True
@@ -34,7 +36,8 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     for checkpoint in checkpoints:
         if is_complete_checkpoint(checkpoint):
             return str(checkpoint)
-        logger.warning("Skipping %s: it was cut off while being saved (no readable trainer_state.json).", checkpoint)
+        logger.warning("Skipping %s: it was cut off while being saved (no readable %s).", checkpoint,
+                       TRAINER_STATE_FILE)
     return None
 
 

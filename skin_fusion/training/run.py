@@ -296,7 +296,9 @@ def run_training(
         report.image_only_test_metrics = train_image_only_twin(model_args, data_args, args).test_metrics
     if trainer.is_world_process_zero():
         output_dir = Path(args.output_dir)
-        curves = plot_training_curves(trainer.state.log_history, output_dir / TRAINING_CURVES_FILE)
+        trainer.save_state()  # trainer_state.json: the log history the curves are drawn from (a soup draws its runs')
+        curves = plot_training_curves({f"seed {args.seed}": trainer.state.log_history},
+                                      output_dir / TRAINING_CURVES_FILE)
         metadata_columns = lesions.numeric_columns + lesions.categorical_columns
         subgroups = subgroup_metrics(
             metadata_frame(lesions.splits["test"], metadata_columns), probabilities, test_labels, metadata_columns,

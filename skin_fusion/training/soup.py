@@ -36,9 +36,9 @@ from ..data.feature_cache import add_image_features, cached_inputs, split_digest
 from ..data.loading import LesionDataset, load_lesion_dataset
 from ..data.model_inputs import metadata_frame
 from ..evaluation.metrics import SCALAR_KEYS
-from ..evaluation.plots import plot_test_results
+from ..evaluation.plots import plot_test_results, plot_training_curves
 from ..evaluation.subgroups import evaluate_probabilities, subgroup_metrics
-from ..files import CARD_FACTS_FILE, SOUP_REPORT_FILE, TRAINING_CURVES_FILE
+from ..files import CARD_FACTS_FILE, SOUP_REPORT_FILE, TRAINER_STATE_FILE, TRAINING_CURVES_FILE
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
 from ..modeling.processing_skin_fusion import SkinFusionProcessor
@@ -255,6 +255,19 @@ def soup_logits(soup: SkinFusionForImageClassification, inputs: dict[str, np.nda
         ).logits for s in range(0, len(inputs["labels"]), batch_size)]).double().numpy()
 
 
+def draw_runs_curves(runs: list[Path], seeds: list[int], path: Path) -> list[int]:
+    """The training curves of every run on one plot at `path`, from their saved Trainer state; runs saved before
+    train.py kept that state have only their own plot, and the first run's is copied. Returns the seeds drawn."""
+    states = [run / TRAINER_STATE_FILE for run in runs]
+    if all(state.is_file() for state in states):
+        histories = {f"seed {seed}": json.loads(state.read_text())["log_history"] for seed, state in zip(seeds, states)}
+        return seeds if plot_training_curves(histories, path) else []
+    if (runs[0] / TRAINING_CURVES_FILE).is_file():
+        shutil.copyfile(runs[0] / TRAINING_CURVES_FILE, path)
+        return seeds[:1]
+    return []
+
+
 def save_soup(args: SoupArguments) -> dict[str, Any]:
     """Soup, calibrate, score and save `args.runs` (see the module docstring); returns the soup's report."""
     configure_torch_threads()
@@ -297,10 +310,8 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     columns = lesions.numeric_columns + lesions.categorical_columns
     decided = predicted_classes(torch.from_numpy(test_logits), offsets).numpy()
     plot_test_results(results, probabilities, test["labels"], lesions.label_names, output_dir)
-    curves = (runs[0] / TRAINING_CURVES_FILE).is_file()
-    if curves:
-        shutil.copyfile(runs[0] / TRAINING_CURVES_FILE, output_dir / TRAINING_CURVES_FILE)
     seeds = [f.training["seed"] for f in facts]
+    curve_seeds = draw_runs_curves(runs, seeds, output_dir / TRAINING_CURVES_FILE)
     soup_facts = dataclasses.replace(
         facts[0], model_name=f"{facts[0].model_name}, soup of {len(runs)} runs", repo_or_path=str(output_dir),
         test_metrics=test_metrics, test_results=results, temperature=fitted.temperature,
@@ -309,8 +320,8 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
         ece_before=fitted.ece_before, ece_after=fitted.ece_after, nll_before=fitted.nll_before,
         nll_after=fitted.nll_after, test_metrics_without_metadata=without_metadata, image_only_test_metrics=None,
         decision_strength=fitted.decision_strength,
-        curves=curves,
-        training={**facts[0].training, "seed": None, "soup_seeds": seeds,
+        curves=bool(curve_seeds),
+        training={**facts[0].training, "seed": None, "soup_seeds": seeds, "curve_seeds": curve_seeds,
                   "metadata_hidden_sizes": soup.config.metadata_hidden_sizes,
                   "head_hidden_sizes": soup.config.head_hidden_sizes,
                   "optimizer_steps": sum(f.training["optimizer_steps"] for f in facts),

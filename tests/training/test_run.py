@@ -87,6 +87,8 @@ def test_training_curves_are_logged_offline_and_drawn_on_the_card(fusion_run):
     _, output_dir = fusion_run
     assert list((output_dir / "runs").rglob("events.out.tfevents.*"))  # TensorBoard's event files
     assert (output_dir / "training_curves.png").stat().st_size > 1000
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]  # what a soup draws
+    assert any("eval_balanced_accuracy" in row for row in history) and any("loss" in row for row in history)
     assert "training_curves.png" in (output_dir / "README.md").read_text()
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 
 from skin_fusion import SkinFusionForImageClassification
-from skin_fusion.training.soup import soup_of
+from skin_fusion.training.soup import draw_runs_curves, soup_of
 from tests.helpers import TINY_SIZE, fitted_processor, tiny_model, training_rows
 
 
@@ -93,3 +94,21 @@ def test_soups_refuse_one_run_runs_of_different_recipes_and_unrelated_backbone_s
         soup_of([trained_like(0, 1.0), trained_like(1, 1.0, head_hidden_sizes=[8])])
     with pytest.raises(ValueError, match="own random weights"):
         soup_of([trained_like(0, 1.0, backbone_weights="none"), trained_like(1, 1.0, backbone_weights="none")])
+
+
+def test_the_soup_draws_every_runs_curves_or_else_the_first_runs_plot(tmp_path):
+    history = [{"epoch": 1.0, "loss": 1.2}, {"epoch": 1.0, "eval_loss": 1.0, "eval_balanced_accuracy": 0.5}]
+    runs = [tmp_path / "seed1", tmp_path / "seed2"]
+    for run in runs:
+        run.mkdir()
+        (run / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    (runs[0] / "training_curves.png").write_bytes(b"the first run's own plot")
+    drawn = tmp_path / "soup.png"
+    assert draw_runs_curves(runs, [1, 2], drawn) == [1, 2]
+    assert drawn.read_bytes().startswith(b"\x89PNG")
+    (runs[1] / "trainer_state.json").unlink()  # a run saved before train.py kept its Trainer state
+    assert draw_runs_curves(runs, [1, 2], drawn) == [1]
+    assert drawn.read_bytes() == b"the first run's own plot"
+    (runs[0] / "training_curves.png").unlink()
+    drawn.unlink()
+    assert draw_runs_curves(runs, [1, 2], drawn) == [] and not drawn.exists()

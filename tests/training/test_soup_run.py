@@ -64,9 +64,11 @@ def test_a_soup_is_saved_calibrated_scored_and_carded(two_runs, lesion_folder, t
     card = (out / "README.md").read_text()
     assert card.rstrip() == str(render_model_card(facts)).rstrip()
     assert "A soup of these 2 runs" in card and "seeds 1, 2 (one run each) (split seed 0)" in card
+    assert facts.training["curve_seeds"] == [1, 2] and "The curves below are all 2 runs'." in card
     scores = {r.metric_type: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
     assert scores["balanced_accuracy"] == pytest.approx(report["test_metrics"]["balanced_accuracy"], abs=1e-4)
-    for name in ("confusion_matrix.png", "roc_curves.png", "preprocessor_config.json", "modeling_skin_fusion.py"):
+    for name in ("confusion_matrix.png", "roc_curves.png", "training_curves.png", "preprocessor_config.json",
+                 "modeling_skin_fusion.py"):
         assert (out / name).is_file(), name
 
 
