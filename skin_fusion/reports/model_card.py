@@ -13,7 +13,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..evaluation.metrics import CARD_METRICS
-from ..files import CARD_FACTS_FILE
+from ..files import CARD_FACTS_FILE, CONFUSION_MATRIX_FILE, ROC_CURVES_FILE, TRAINING_CURVES_FILE
 from .formatting import cell
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
@@ -51,7 +51,7 @@ class ModelCardFacts:
     test_metrics_without_metadata: dict[str, float] | None = None
     image_only_test_metrics: dict[str, float] | None = None
     decision_strength: float = 0.0
-    curves: bool = False  # training_curves.png is beside the card
+    curves: bool = False  # the training curves' plot is beside the card
     split_digests: dict[str, str] | None = None  # each split's rows and image bytes (SHA-256; older runs: none)
 
 
@@ -123,6 +123,8 @@ def render_model_card(
         train_counts=", ".join(f"{k} {v}" for k, v in facts.train_counts.items()),
         unfreeze_description="all blocks" if not unfreeze else f"last {unfreeze} blocks",
         three_ways=three_ways(facts), decision_strength=facts.decision_strength, curves=facts.curves, assets=assets,
+        confusion_matrix_file=CONFUSION_MATRIX_FILE, roc_curves_file=ROC_CURVES_FILE,
+        training_curves_file=TRAINING_CURVES_FILE,
         frozen_throughout=float(training.get("freeze_epochs", 0)) >= float(training.get("epochs", 0)) > 0,
         license=facts.license,
         **{k: v for k, v in training.items() if k not in ("unfreeze_last_blocks", "min_subgroup")},
