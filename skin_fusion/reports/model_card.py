@@ -55,6 +55,35 @@ class ModelCardFacts:
     split_digests: dict[str, str] | None = None  # each split's rows and image bytes (SHA-256; older runs: none)
 
 
+def same_split(facts: ModelCardFacts, other: ModelCardFacts) -> bool:
+    """Whether two saved models were trained on one split: data set, split seed and sizes, and the digests of its rows
+    where both recorded them (models saved before digests were recorded have none)."""
+    def split_of(f: ModelCardFacts) -> tuple[str, int | None, dict[str, int]]:
+        return f.dataset_source, f.training.get("split_seed"), f.split_sizes
+
+    both_digested = facts.split_digests is not None and other.split_digests is not None
+    return split_of(facts) == split_of(other) and (not both_digested or facts.split_digests == other.split_digests)
+
+
+def image_only_figures(facts: ModelCardFacts, image_only_dir: Path) -> dict[str, float]:
+    """The test metrics of the image-only model saved in `image_only_dir` (a train.py run or a soup), for the card's
+    three-way table of the model `facts` describe; raises unless it reads images only and was trained on that model's
+    split."""
+    path = Path(image_only_dir) / CARD_FACTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No {CARD_FACTS_FILE} in {image_only_dir}: pass a model folder written by train.py "
+                                "--modality image (or a soup of such runs).")
+    other = load_card_facts(path)
+    if other.modality != "image":
+        raise ValueError(f"{image_only_dir} reads {other.modality}, not images only: pass a model trained with "
+                         "--modality image.")
+    if not same_split(facts, other):
+        raise ValueError(f"{image_only_dir} was trained on another split than this model (data set, split seed, "
+                         "sizes or rows): train the image-only model with this model's --dataset, --split_seed, "
+                         "--validation_size and --test_size.")
+    return other.test_metrics
+
+
 def card_data(facts: ModelCardFacts) -> ModelCardData:
     """The YAML header: licence, datasets, metrics, `model-index` with this run's test results, tags."""
     dataset_type = facts.hub_dataset or facts.dataset_name
@@ -149,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_dir", type=Path, help="a model directory written by train.py (holds card_facts.json)")
     parser.add_argument("--out", type=Path, help="where to write the card (default: MODEL_DIR/README.md)")
     parser.add_argument("--repo_or_path", help="the path or Hub id the card's code loads the model from")
+    parser.add_argument("--image_only", type=Path,
+                        help="an image-only model (train.py --modality image, or a soup of such runs) trained on this "
+                             "model's split: its test figures join the card's with / without metadata table")
     args = parser.parse_args(argv)
     facts_path = args.model_dir / CARD_FACTS_FILE
     if not facts_path.is_file():
@@ -157,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     facts = load_card_facts(facts_path)
     if args.repo_or_path:
         facts.repo_or_path = args.repo_or_path
+    if args.image_only:
+        try:
+            facts.image_only_test_metrics = image_only_figures(facts, args.image_only)
+        except (OSError, ValueError) as error:
+            print(error, file=sys.stderr)
+            return 1
+    if args.repo_or_path or args.image_only:
         save_card_facts(facts, facts_path)
     out = args.out or args.model_dir / "README.md"
     assets = os.path.relpath(args.model_dir, out.resolve().parent) + "/" if out.parent.resolve() != \

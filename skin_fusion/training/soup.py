@@ -8,11 +8,12 @@ head of the same architecture (block-diagonal weights), whose output is the mean
 result is an ordinary `SkinFusionForImageClassification` (wider hidden sizes in its config), saved and served like
 any other at the cost of one backbone forward; fit its temperature and decision offsets on validation again.
 
-    python -m skin_fusion.training.soup --runs RUN_DIR RUN_DIR [RUN_DIR ...] --output_dir DIR
+    python -m skin_fusion.training.soup --runs RUN_DIR RUN_DIR [RUN_DIR ...] --output_dir DIR [--image_only DIR]
 
 Soups the saved runs (train.py output folders of one recipe and split), calibrates the soup on their validation
 split, scores it on their test split with the metadata as recorded and with nothing recorded, and saves it with its
-card, plots and report, as train.py saves one run.
+card, plots and report, as train.py saves one run. With `--image_only`, the card's table adds the test figures of an
+image-only model of the same split (the same seeds trained with `--modality image` and souped), the soup's twin.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from ..files import CARD_FACTS_FILE, SOUP_REPORT_FILE, TRAINER_STATE_FILE, TRAIN
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
 from ..modeling.processing_skin_fusion import SkinFusionProcessor
-from ..reports.model_card import ModelCardFacts, load_card_facts, render_model_card, save_card_facts
+from ..reports.model_card import (ModelCardFacts, image_only_figures, load_card_facts, render_model_card, same_split,
+                                  save_card_facts)
 from ..threads import configure_torch_threads
 from .calibration import fit_on_validation
 
@@ -174,6 +176,11 @@ class SoupArguments:
     test_size: float = field(metadata={"help": "The runs' --test_size (0.2 for --preset ham10000)."})
     dataset: str | None = field(default=None, metadata={"help": "The runs' data set (default: as their cards say)."})
     batch_size: int = field(default=64, metadata={"help": "Images per backbone call when scoring."})
+    image_only: str | None = field(
+        default=None,
+        metadata={"help": "An image-only model of the runs' recipe and split (their seeds trained with --modality "
+                          "image, souped): its test figures go on the card beside the soup's with / without metadata."},
+    )
 
 
 def check_same_recipe(runs: list[Path], facts: list[ModelCardFacts], output_dir: Path) -> SkinFusionProcessor:
@@ -200,17 +207,11 @@ def check_same_recipe(runs: list[Path], facts: list[ModelCardFacts], output_dir:
 
 
 def check_same_split(runs: list[Path], facts: list[ModelCardFacts]) -> None:
-    """Raise unless every run was trained on the same data set and split: its source, split seed and sizes, and the
-    digests of its rows where both runs recorded them (runs saved before digests were recorded have none)."""
-    def split_of(f: ModelCardFacts) -> tuple[str, int | None, dict[str, int]]:
-        return f.dataset_source, f.training.get("split_seed"), f.split_sizes
-
+    """Raise unless every run was trained on the same data set and split (`same_split`)."""
     for run, other in zip(runs[1:], facts[1:]):
-        both_digested = other.split_digests is not None and facts[0].split_digests is not None
-        if split_of(other) != split_of(facts[0]) or (both_digested and other.split_digests != facts[0].split_digests):
-            raise ValueError(f"{run} was trained on {split_of(other)}, {runs[0]} on {split_of(facts[0])} (data set, "
-                             "split seed, split sizes; or the same sizes with other rows): soup runs of one split "
-                             "only (train.py --split_seed).")
+        if not same_split(facts[0], other):
+            raise ValueError(f"{run} was trained on another split than {runs[0]} (data set, split seed, split sizes; "
+                             "or the same sizes with other rows): soup runs of one split only (train.py --split_seed).")
 
 
 def check_split_matches(lesions: LesionDataset, facts: ModelCardFacts, data: str) -> None:
@@ -279,6 +280,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     facts = [load_card_facts(run / CARD_FACTS_FILE) for run in runs]
     processor = check_same_recipe(runs, facts, Path(args.output_dir))
     check_same_split(runs, facts)
+    image_only = image_only_figures(facts[0], Path(args.image_only)) if args.image_only else None
     soup = soup_of([SkinFusionForImageClassification.from_pretrained(run).eval() for run in runs])
     lesions = load_split(args, facts)
     inputs = {split: cached_inputs(add_image_features(lesions.splits[split], soup.skin_fusion.backbone, processor,
@@ -318,7 +320,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
         subgroups=subgroup_metrics(metadata_frame(lesions.splits["test"], columns), probabilities, test["labels"],
                                    columns, predicted=decided),
         ece_before=fitted.ece_before, ece_after=fitted.ece_after, nll_before=fitted.nll_before,
-        nll_after=fitted.nll_after, test_metrics_without_metadata=without_metadata, image_only_test_metrics=None,
+        nll_after=fitted.nll_after, test_metrics_without_metadata=without_metadata, image_only_test_metrics=image_only,
         decision_strength=fitted.decision_strength,
         curves=bool(curve_seeds),
         training={**facts[0].training, "seed": None, "soup_seeds": seeds, "curve_seeds": curve_seeds,
@@ -331,7 +333,8 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
     save_card_facts(soup_facts, output_dir / CARD_FACTS_FILE)
     report = {"output_dir": str(output_dir), "runs": [str(run) for run in runs], "seeds": seeds,
               "test_metrics": test_metrics, "test_metrics_without_metadata": without_metadata,
-              "temperature": fitted.temperature, "decision_strength": fitted.decision_strength,
+              "image_only_test_metrics": image_only, "temperature": fitted.temperature,
+              "decision_strength": fitted.decision_strength,
               "runs_test_metrics": [f.test_metrics for f in facts],
               "runs_test_metrics_without_metadata": [f.test_metrics_without_metadata for f in facts],
               "soup_seconds": round(time.perf_counter() - started, 1)}
@@ -343,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     """Soup saved runs from the command line; prints the soup's test figures."""
     (args,) = HfArgumentParser(SoupArguments).parse_args_into_dataclasses(args=argv)
     report = save_soup(args)
-    print(json.dumps({key: report[key] for key in ("test_metrics", "test_metrics_without_metadata")}, indent=2))
+    print(json.dumps({key: report[key] for key in ("test_metrics", "test_metrics_without_metadata",
+                                                   "image_only_test_metrics")}, indent=2))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,30 @@ def test_the_card_renders_again_from_its_saved_facts_with_plots_linked_from_else
     assert again == beside.replace("](confusion_matrix.png)", f"]({prefix}confusion_matrix.png)").replace(
         "](roc_curves.png)", f"]({prefix}roc_curves.png)").replace(
         "](training_curves.png)", f"]({prefix}training_curves.png)")
+
+
+def test_the_card_command_adds_an_image_only_model_of_the_same_split_and_refuses_others(fusion_run, tmp_path,
+                                                                                         capsys):
+    from skin_fusion.reports.model_card import main as render_card
+
+    _, output_dir = fusion_run
+    model = Path(shutil.copytree(output_dir, tmp_path / "model"))
+    facts = json.loads((model / "card_facts.json").read_text())
+    (model / "card_facts.json").write_text(json.dumps({**facts, "image_only_test_metrics": None}))
+    twin = model / "image-only"
+    other_split = Path(shutil.copytree(twin, tmp_path / "other-split"))
+    twin_facts = json.loads((twin / "card_facts.json").read_text())
+    (other_split / "card_facts.json").write_text(json.dumps(
+        {**twin_facts, "training": {**twin_facts["training"], "split_seed": 99}}))
+    for refused, message in [(tmp_path / "nowhere", "No card_facts.json in"), (model, "reads fusion, not images only"),
+                             (other_split, "trained on another split than this model")]:
+        assert render_card([str(model), "--image_only", str(refused)]) == 1
+        assert message in capsys.readouterr().err
+        assert json.loads((model / "card_facts.json").read_text())["image_only_test_metrics"] is None
+    assert render_card([str(model), "--image_only", str(twin)]) == 0
+    assert json.loads((model / "card_facts.json").read_text())["image_only_test_metrics"] == twin_facts["test_metrics"]
+    assert f"| image-only model | {twin_facts['test_metrics']['balanced_accuracy']:.3f} |" in (
+        model / "README.md").read_text()
 
 
 def test_split_seed_fixes_the_split_while_the_training_seed_varies(lesion_folder, tmp_path):

@@ -48,10 +48,13 @@ def two_runs(lesion_folder, pretrained_backbone, tmp_path_factory) -> list[Path]
 
 
 def test_a_soup_is_saved_calibrated_scored_and_carded(two_runs, lesion_folder, tmp_path):
-    out = tmp_path / "soup"
+    out, image_only = tmp_path / "soup", tmp_path / "image-only"
+    train(lesion_folder, image_only, *QUICK, "--modality", "image")  # the soup's twin for the card's table
     assert main(["--runs", *map(str, two_runs), "--output_dir", str(out), "--dataset", str(lesion_folder),
-                 "--test_size", "0.3", "--validation_size", "0.15"]) == 0
+                 "--test_size", "0.3", "--validation_size", "0.15", "--image_only", str(image_only)]) == 0
     report = json.loads((out / "soup_report.json").read_text())
+    twin = load_card_facts(image_only / "card_facts.json").test_metrics
+    assert report["image_only_test_metrics"] == twin
     assert report["seeds"] == [1, 2]
     # Chance is 1/3; the soup is at least about as good as its runs alone.
     runs_alone = [m["balanced_accuracy"] for m in report["runs_test_metrics"]]
@@ -65,6 +68,7 @@ def test_a_soup_is_saved_calibrated_scored_and_carded(two_runs, lesion_folder, t
     assert card.rstrip() == str(render_model_card(facts)).rstrip()
     assert "A soup of these 2 runs" in card and "seeds 1, 2 (one run each) (split seed 0)" in card
     assert facts.training["curve_seeds"] == [1, 2] and "The curves below are all 2 runs'." in card
+    assert f"| image-only model | {twin['balanced_accuracy']:.3f} | {twin['macro_auc']:.3f} |" in card
     scores = {r.metric_type: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
     assert scores["balanced_accuracy"] == pytest.approx(report["test_metrics"]["balanced_accuracy"], abs=1e-4)
     for name in ("confusion_matrix.png", "roc_curves.png", "training_curves.png", "preprocessor_config.json",
@@ -95,6 +99,8 @@ def test_a_soup_refuses_runs_of_other_recipes_splits_and_data_that_do_not_reprod
     (older / "card_facts.json").write_text(json.dumps({**older_facts, "split_digests": None}))
     with pytest.raises(ValueError, match="rows of .* differ from those the runs were trained on"):
         main(["--runs", str(older), str(two_runs[1]), "--output_dir", str(out), *sizes[:4], "--dataset", str(edited)])
+    with pytest.raises(ValueError, match="not images only: pass a model trained with --modality image"):
+        main(["--runs", *map(str, two_runs), "--output_dir", str(out), *sizes, "--image_only", str(other_split)])
     with pytest.raises(ValueError, match="each run once"):
         main(["--runs", str(two_runs[0]), str(two_runs[0]), "--output_dir", str(out), *sizes])
     with pytest.raises(ValueError, match="none of the runs"):
