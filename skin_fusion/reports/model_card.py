@@ -55,14 +55,18 @@ class ModelCardFacts:
     split_digests: dict[str, str] | None = None  # each split's rows and image bytes (SHA-256; older runs: none)
 
 
-def same_split(facts: ModelCardFacts, other: ModelCardFacts) -> bool:
-    """Whether two saved models were trained on one split: data set, split seed and sizes, and the digests of its rows
-    where both recorded them (models saved before digests were recorded have none)."""
-    def split_of(f: ModelCardFacts) -> tuple[str, int | None, dict[str, int]]:
-        return f.dataset_source, f.training.get("split_seed"), f.split_sizes
-
-    both_digested = facts.split_digests is not None and other.split_digests is not None
-    return split_of(facts) == split_of(other) and (not both_digested or facts.split_digests == other.split_digests)
+def split_differences(facts: ModelCardFacts, other: ModelCardFacts) -> list[str]:
+    """How the splits two saved models were trained on differ (data set, split seed, sizes, and the digests of the rows
+    where both recorded them: models saved before digests were recorded have none); empty when they are one split."""
+    differences = [f"{name} {mine!r} against {theirs!r}" for name, mine, theirs in (
+        ("data set", facts.dataset_source, other.dataset_source),
+        ("split seed", facts.training.get("split_seed"), other.training.get("split_seed")),
+        ("split sizes", facts.split_sizes, other.split_sizes)) if mine != theirs]
+    if facts.split_digests is not None and other.split_digests is not None:
+        differences += [f"the {name} rows (same sizes, other images or metadata)"
+                        for name in sorted(facts.split_digests)
+                        if facts.split_digests[name] != other.split_digests.get(name)]
+    return differences
 
 
 def image_only_figures(facts: ModelCardFacts, image_only_dir: Path) -> dict[str, float]:
@@ -77,9 +81,9 @@ def image_only_figures(facts: ModelCardFacts, image_only_dir: Path) -> dict[str,
     if other.modality != "image":
         raise ValueError(f"{image_only_dir} reads {other.modality}, not images only: pass a model trained with "
                          "--modality image.")
-    if not same_split(facts, other):
-        raise ValueError(f"{image_only_dir} was trained on another split than this model (data set, split seed, "
-                         "sizes or rows): train the image-only model with this model's --dataset, --split_seed, "
+    if differences := split_differences(facts, other):
+        raise ValueError(f"{image_only_dir} was trained on another split than this model ({'; '.join(differences)}): "
+                         "train the image-only model with this model's --dataset, --split_seed, "
                          "--validation_size and --test_size.")
     return other.test_metrics
 

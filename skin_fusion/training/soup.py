@@ -43,8 +43,8 @@ from ..files import CARD_FACTS_FILE, SOUP_REPORT_FILE, TRAINER_STATE_FILE, TRAIN
 from ..modeling.configuration_skin_fusion import SkinFusionConfig
 from ..modeling.modeling_skin_fusion import SkinFusionForImageClassification, predicted_classes
 from ..modeling.processing_skin_fusion import SkinFusionProcessor
-from ..reports.model_card import (ModelCardFacts, image_only_figures, load_card_facts, render_model_card, same_split,
-                                  save_card_facts)
+from ..reports.model_card import (ModelCardFacts, image_only_figures, load_card_facts, render_model_card,
+                                  save_card_facts, split_differences)
 from ..threads import configure_torch_threads
 from .calibration import fit_on_validation
 
@@ -207,11 +207,11 @@ def check_same_recipe(runs: list[Path], facts: list[ModelCardFacts], output_dir:
 
 
 def check_same_split(runs: list[Path], facts: list[ModelCardFacts]) -> None:
-    """Raise unless every run was trained on the same data set and split (`same_split`)."""
+    """Raise unless every run was trained on the same data set and split (`split_differences`)."""
     for run, other in zip(runs[1:], facts[1:]):
-        if not same_split(facts[0], other):
-            raise ValueError(f"{run} was trained on another split than {runs[0]} (data set, split seed, split sizes; "
-                             "or the same sizes with other rows): soup runs of one split only (train.py --split_seed).")
+        if differences := split_differences(facts[0], other):
+            raise ValueError(f"{run} was trained on another split than {runs[0]} ({'; '.join(differences)}): soup runs "
+                             "of one split only (the same --dataset, --split_seed, --validation_size and --test_size).")
 
 
 def check_split_matches(lesions: LesionDataset, facts: ModelCardFacts, data: str) -> None:
