@@ -42,6 +42,10 @@ HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 ImageSource = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
 
+# What Pillow's readers raise on a damaged or truncated file, from the header to the last pixel.
+DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError)
+
+
 class ImageInputError(ValueError):
     """An upload that cannot be used as a lesion image; the message names the problem and the fix."""
 
@@ -75,8 +79,7 @@ def load_rgb_image(
         return _array_to_rgb(source, max_pixels=max_pixels, min_side=min_side)
     if isinstance(source, Image.Image):
         _check_size(source.size, max_pixels=max_pixels, min_side=min_side)
-        _load_pixels(source)
-        return _to_rgb(ImageOps.exif_transpose(source))
+        return _to_rgb(_load_upright(source, in_place=False))
     if isinstance(source, (bytes, bytearray, memoryview)):
         _check_byte_count(memoryview(source).nbytes, max_bytes=max_bytes)
         return _decode(io.BytesIO(source), max_pixels=max_pixels, min_side=min_side)
@@ -130,21 +133,30 @@ def _decode(file: BinaryIO, *, max_pixels: int, min_side: int) -> Image.Image:
         ) from err
     except UnidentifiedImageError as err:
         raise ImageInputError(_unidentified_message(file)) from err
+    except DECODE_ERRORS as err:  # a known format whose header its reader refuses (e.g. an unsupported BMP header)
+        raise ImageInputError(_damaged_message("image", err)) from err
     with image:
         _check_size(image.size, max_pixels=max_pixels, min_side=min_side)
-        _load_pixels(image)  # Image.open stands on frame 0: the first frame of an animation or multi-page TIFF
-        ImageOps.exif_transpose(image, in_place=True)  # in place: no second copy of a large image
-        return _to_rgb(image)
+        # Image.open stands on frame 0: the first frame of an animation or multi-page TIFF. In place: no second copy
+        # of a large image.
+        return _to_rgb(_load_upright(image, in_place=True))
 
 
-def _load_pixels(image: Image.Image) -> None:
+def _load_upright(image: Image.Image, *, in_place: bool) -> Image.Image:
+    """Decode the pixels and apply the EXIF orientation; a damaged file (pixels or EXIF block) is an input error."""
     try:
         image.load()
-    except (OSError, SyntaxError, EOFError, ValueError) as err:
-        raise ImageInputError(
-            f"The {image.format or 'image'} file is damaged or incomplete and could not be decoded ({err}). "
-            "Re-export the image or upload it again."
-        ) from err
+        if in_place:
+            ImageOps.exif_transpose(image, in_place=True)
+            return image
+        return ImageOps.exif_transpose(image)
+    except DECODE_ERRORS as err:
+        raise ImageInputError(_damaged_message(image.format or "image", err)) from err
+
+
+def _damaged_message(kind: str, err: BaseException) -> str:
+    return (f"The {kind} file is damaged or incomplete and could not be decoded ({err}). Re-export the image or "
+            "upload it again.")
 
 
 def _unidentified_message(file: BinaryIO) -> str:

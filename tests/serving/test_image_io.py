@@ -158,6 +158,28 @@ def test_truncated_jpeg_is_refused_as_damaged():
         load_rgb_image(data[: len(data) // 2])
 
 
+
+def bmp_with_header_size(size: int) -> bytes:
+    data = bytearray(encode(Image.new("RGB", (64, 64), (200, 150, 130)), "BMP"))
+    data[14:18] = struct.pack("<I", size)  # the DIB header's own size: 40 for the common BITMAPINFOHEADER
+    return bytes(data)
+
+
+def truncated_webp() -> bytes:
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "WEBP", quality=90)
+    return data[: len(data) // 3]
+
+
+# Files whose format is recognised but whose header its reader refuses: Pillow raises OSError from Image.open itself.
+DAMAGED_HEADERS = {"BMP with an unknown header type": lambda: bmp_with_header_size(7), "truncated WebP": truncated_webp}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_HEADERS))
+def test_a_file_whose_header_its_reader_refuses_is_refused_as_damaged(damage):
+    with pytest.raises(ImageInputError, match="damaged or incomplete.*upload it again"):
+        load_rgb_image(DAMAGED_HEADERS[damage]())
+
 def test_empty_file_is_refused():
     with pytest.raises(ImageInputError, match="empty"):
         load_rgb_image(b"")
