@@ -43,7 +43,9 @@ MAX_QUEUE = 32
 # Gradio keeps each session's last inputs (a data URL: up to 27 MB) until this many newer sessions push them out. The
 # app keeps nothing between requests, so it keeps one session per running prediction.
 MAX_SESSIONS = CONCURRENCY_LIMIT
-FIELD_LABELS = {"age": "Age (years)", "sex": "Sex", "anatom_site_general": "Anatomical site"}
+# Labels of the metadata fields the shipped model and the synthetic set use; other fields get their own name.
+FIELD_LABELS = {"age": "Age (years)", "sex": "Sex", "localization": "Anatomical site",
+                "anatom_site_general": "Anatomical site"}
 DISCLAIMER = (
     "**Research tool, not a medical device.** SkinFusion must not be used to diagnose, treat or triage anyone. "
     "A clinician must examine every lesion, whatever this page says."
@@ -164,7 +166,8 @@ def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> 
         with gr.Accordion("About this model: classes, training data, test results", open=False):
             gr.Markdown(predictor.card.to_markdown(), elem_id="model-card")
         # preprocess=False: the handler gets the raw values, so every bad input is refused with its own message.
-        # Keyword inputs name the API's parameters: /predict(image, age, sex, anatom_site_general, tta, explain).
+        # Keyword inputs name the API's parameters: /predict(image, one per metadata field, tta, explain); for the
+        # shipped model /predict(image, age, sex, localization, tta, explain).
         button.click(make_predict_fn(predictor, image.GRADIO_CACHE), [image], [probabilities, heatmap, caption, note],
                      inputs_kwargs={**dict(zip(predictor.metadata_columns, fields)), "tta": tta, "explain": explain},
                      api_name="predict", preprocess=False)

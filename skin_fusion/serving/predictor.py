@@ -4,8 +4,8 @@ optionally, test-time augmentation and a Grad-CAM heatmap. The model and its pro
 ```python
 from skin_fusion.serving.predictor import SkinFusionPredictor
 
-predictor = SkinFusionPredictor.from_pretrained("outputs/skin-fusion")  # what `python train.py` writes
-result = predictor.predict("lesion.jpg", {"age": 63, "sex": "male", "anatom_site_general": "head/neck"}, explain=True)
+predictor = SkinFusionPredictor.from_pretrained("models/skin-fusion-ham10000")  # the shipped model
+result = predictor.predict("lesion.jpg", {"age": 63, "sex": "male", "localization": "face"}, explain=True)
 result.probabilities, result.label, result.uncertain, result.note, result.overlay
 ```
 

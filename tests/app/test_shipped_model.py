@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,14 @@ def test_the_ham10000_preset_is_the_shipped_models_recipe(tmp_path):
     assert {name: trained[name] for name in expected} == expected
     # A soup of the preset's runs: its default seed and the two after it (README: "Reproduce the shipped model").
     assert trained["soup_seeds"] == [args.seed, args.seed + 1, args.seed + 2]
+
+
+def test_the_readme_api_example_and_the_app_name_the_shipped_models_fields():
+    from app import FIELD_LABELS
+
+    encoder = json.loads((SHIPPED / "preprocessor_config.json").read_text())["metadata_encoder"]
+    fields = [column["name"] for kind in ("numeric", "categorical") for column in encoder[kind]]
+    example = re.search(r"client\.predict\((.*?)api_name", (REPO / "README.md").read_text(), re.S).group(1)
+    keywords = re.findall(r"(\w+)=", example)
+    assert keywords == [*fields, "tta", "explain"]
+    assert all(name in FIELD_LABELS for name in fields)
