@@ -31,7 +31,9 @@ from skin_fusion.data.synthetic import ensure_default_dataset
 from skin_fusion.data.views import TEST_TIME_DESCRIPTION
 from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, ImageInputError
 from skin_fusion.serving.predictor import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
-from skin_fusion.serving.web_io import RequestBodyLimit, image_file, settle_server_memory, upload_source
+from skin_fusion.serving.web_io import (
+    OptionInputError, RequestBodyLimit, checkbox_value, image_file, settle_server_memory, upload_source,
+)
 from skin_fusion.threads import configure_torch_threads
 
 DEFAULT_MODEL = "models/skin-fusion-ham10000"
@@ -82,11 +84,12 @@ def make_predict_fn(predictor: SkinFusionPredictor, upload_dir: str):
     heatmaps = Path(tempfile.mkdtemp(prefix="skin-fusion-heatmaps-"))
 
     def predict(
-        image: dict[str, Any] | None, tta: bool = False, explain: bool = True, **metadata: Any
+        image: dict[str, Any] | None, tta: Any = False, explain: Any = True, **metadata: Any
     ) -> tuple[dict, Any, str, str]:
         try:
-            result = predictor.predict(upload_source(image, upload_dir), metadata, tta=bool(tta), explain=bool(explain))
-        except (ImageInputError, MetadataError) as err:
+            tta, explain = checkbox_value("tta", tta, False), checkbox_value("explain", explain, True)
+            result = predictor.predict(upload_source(image, upload_dir), metadata, tta=tta, explain=explain)
+        except (ImageInputError, MetadataError, OptionInputError) as err:
             # A refused request's inputs (a data URL, a decoded image) outlive it in a reference cycle through its
             # traceback until a full collection, which a large heap makes rare: earlier ones are collected here.
             gc.collect()

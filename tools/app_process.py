@@ -108,10 +108,10 @@ def call_predict(url: str, data: list[Any], timeout: float = 120) -> tuple[str, 
 
 
 def predict_data(
-    image: Any, age: Any = None, sex: Any = "unknown", site: Any = "unknown", explain: bool = True
+    image: Any, age: Any = None, sex: Any = "unknown", site: Any = "unknown", tta: Any = False, explain: Any = True
 ) -> list[Any]:
     """The /predict inputs in the API's order: image, age, sex, anatom_site_general, tta, explain."""
-    return [image, age, sex, site, False, explain]
+    return [image, age, sex, site, tta, explain]
 
 
 def upload_file(url: str, content: bytes, name: str = "lesion.png") -> str:

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..modeling.metadata_encoding import quote
 from .image_io import MAX_UPLOAD_BYTES, ImageInputError
 
 REFUSED_UPLOAD = (
@@ -77,6 +78,21 @@ def upload_source(payload: Any, upload_dir: str | Path) -> str | bytes | None:
     if not inside:
         raise ImageInputError(REFUSED_UPLOAD)
     return str(resolved)
+
+
+class OptionInputError(ValueError):
+    """A request's option (a checkbox of the form) that is not a boolean; the message says what to send."""
+
+
+def checkbox_value(name: str, value: Any, default: bool) -> bool:
+    """A checkbox's raw value: JSON true or false, or null for the form's `default`. Anything else ("false", 0, "no")
+    is refused rather than read by its truthiness, which would turn the string "false" into True."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    raise OptionInputError(f"'{name}' must be true or false, got {quote(value)}. Send a JSON boolean (true / false), "
+                           "or leave it out for the form's default.")
 
 
 def data_url_bytes(url: str, max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
