@@ -56,13 +56,17 @@ class ModelCardFacts:
 
 
 def split_differences(facts: ModelCardFacts, other: ModelCardFacts) -> list[str]:
-    """How the splits two saved models were trained on differ (data set, split seed, sizes, and the digests of the rows
-    where both recorded them: models saved before digests were recorded have none); empty when they are one split."""
-    differences = [f"{name} {mine!r} against {theirs!r}" for name, mine, theirs in (
-        ("data set", facts.dataset_source, other.dataset_source),
-        ("split seed", facts.training.get("split_seed"), other.training.get("split_seed")),
-        ("split sizes", facts.split_sizes, other.split_sizes)) if mine != theirs]
-    if facts.split_digests is not None and other.split_digests is not None:
+    """How the splits two saved models were trained on differ (split seed, sizes, and the digests of the rows where
+    both recorded them); empty when they are one split. The data set's name (`--dataset` as typed: one folder is
+    `../data/ham10000` from one directory and an absolute path from another) is compared only for models saved before
+    digests were recorded, which have nothing else to tell their rows apart."""
+    digested = facts.split_digests is not None and other.split_digests is not None
+    compared = [("split seed", facts.training.get("split_seed"), other.training.get("split_seed")),
+                ("split sizes", facts.split_sizes, other.split_sizes)]
+    if not digested:
+        compared.insert(0, ("data set", facts.dataset_source, other.dataset_source))
+    differences = [f"{name} {mine!r} against {theirs!r}" for name, mine, theirs in compared if mine != theirs]
+    if digested:
         differences += [f"the {name} rows (same sizes, other images or metadata)"
                         for name in sorted(facts.split_digests)
                         if facts.split_digests[name] != other.split_digests.get(name)]

@@ -25,3 +25,13 @@ def test_split_differences_name_what_differs_and_compare_rows_only_where_both_re
     elsewhere = dataclasses.replace(facts, dataset_source="elsewhere", split_sizes=smaller)
     assert [difference.split(" ")[0] for difference in split_differences(facts, elsewhere)] == ["data", "split"]
     assert "split sizes" in split_differences(facts, elsewhere)[1]
+
+
+def test_the_data_sets_name_is_compared_only_for_models_without_digests():
+    facts = load_card_facts(SHIPPED_FACTS)
+    digests = {"train": "a", "validation": "b", "test": "c"}
+    typed_here, typed_there = (dataclasses.replace(facts, dataset_source=source, split_digests=digests)
+                               for source in ("../data/ham10000", "/home/me/data/ham10000"))
+    assert split_differences(typed_here, typed_there) == []  # one folder typed two ways: the rows decide
+    assert split_differences(dataclasses.replace(typed_here, split_digests=None), typed_there) == [
+        "data set '../data/ham10000' against '/home/me/data/ham10000'"]
