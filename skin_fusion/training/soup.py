@@ -190,14 +190,17 @@ def check_same_recipe(runs: list[Path], facts: list[ModelCardFacts], output_dir:
         raise ValueError("Pass each run once, and an --output_dir that is none of the runs.")
     if (output_dir / "config.json").exists():
         raise FileExistsError(f"{output_dir} already holds a model; pass a new --output_dir (nothing was written).")
+    # Soups first: a soup's facts differ from a run's (its seeds), which would otherwise be reported as another recipe.
+    for run, run_facts in zip(runs, facts):
+        if "soup_seeds" in run_facts.training:
+            raise ValueError(f"{run} is a soup already (seeds {run_facts.training['soup_seeds']}); pass the runs it "
+                             "was made of.")
     recipes = [{key: value for key, value in f.training.items() if key not in PER_RUN_FACTS} for f in facts]
-    for run, recipe, other in zip(runs[1:], recipes[1:], facts[1:]):
+    for run, recipe in zip(runs[1:], recipes[1:]):
         differing = sorted(key for key in recipe.keys() | recipes[0].keys() if recipe.get(key) != recipes[0].get(key))
         if differing:
             raise ValueError(f"{run} was trained differently from {runs[0]} ({', '.join(differing)}): soup runs of "
                              "one recipe that differ only in their --seed.")
-        if "soup_seeds" in other.training:
-            raise ValueError(f"{run} is a soup already; pass the runs it was made of.")
     processors = [SkinFusionProcessor.from_pretrained(run) for run in runs]
     for run, processor in zip(runs[1:], processors[1:]):
         if processor.to_dict() != processors[0].to_dict():
@@ -321,6 +324,7 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
                                    columns, predicted=decided),
         ece_before=fitted.ece_before, ece_after=fitted.ece_after, nll_before=fitted.nll_before,
         nll_after=fitted.nll_after, test_metrics_without_metadata=without_metadata, image_only_test_metrics=image_only,
+        split_digests=split_digests(lesions.splits),  # the rows scored here, which load_split checked
         decision_strength=fitted.decision_strength,
         curves=bool(curve_seeds),
         training={**facts[0].training, "seed": None, "soup_seeds": seeds, "curve_seeds": curve_seeds,

@@ -94,9 +94,7 @@ def test_a_soup_refuses_runs_of_other_recipes_splits_and_data_that_do_not_reprod
     with pytest.raises(ValueError, match="rows of .* differ from those the runs were trained on"):
         main(["--runs", *map(str, two_runs), "--output_dir", str(out), *sizes[:4], "--dataset", str(edited)])
     # A run saved before runs recorded their rows' digests soups with newer runs; the data is checked against theirs.
-    older = Path(shutil.copytree(two_runs[0], tmp_path / "older"))
-    older_facts = json.loads((older / "card_facts.json").read_text())
-    (older / "card_facts.json").write_text(json.dumps({**older_facts, "split_digests": None}))
+    older = older_run(two_runs[0], tmp_path / "older")
     with pytest.raises(ValueError, match="rows of .* differ from those the runs were trained on"):
         main(["--runs", str(older), str(two_runs[1]), "--output_dir", str(out), *sizes[:4], "--dataset", str(edited)])
     with pytest.raises(ValueError, match="not images only: pass a model trained with --modality image"):
@@ -105,7 +103,32 @@ def test_a_soup_refuses_runs_of_other_recipes_splits_and_data_that_do_not_reprod
         main(["--runs", str(two_runs[0]), str(two_runs[0]), "--output_dir", str(out), *sizes])
     with pytest.raises(ValueError, match="none of the runs"):
         main(["--runs", *map(str, two_runs), "--output_dir", str(two_runs[1]), *sizes])
+    soup = Path(shutil.copytree(two_runs[0], tmp_path / "a-soup"))  # first, where its seeds read as another recipe
+    soup_facts = json.loads((soup / "card_facts.json").read_text())
+    (soup / "card_facts.json").write_text(json.dumps({**soup_facts, "training": {
+        **soup_facts["training"], "seed": None, "soup_seeds": [1, 2]}}))
+    with pytest.raises(ValueError, match=r"is a soup already \(seeds \[1, 2\]\); pass the runs it was made of"):
+        main(["--runs", str(soup), str(two_runs[1]), "--output_dir", str(out), *sizes])
     assert not out.exists()
+
+
+def older_run(run: Path, folder: Path) -> Path:
+    """A copy of `run` as runs were saved before they recorded their rows' digests."""
+    older = Path(shutil.copytree(run, folder))
+    facts = json.loads((older / "card_facts.json").read_text())
+    (older / "card_facts.json").write_text(json.dumps({**facts, "split_digests": None}))
+    return older
+
+
+def test_a_soup_records_the_digests_of_the_rows_it_was_scored_on_even_when_its_first_run_had_none(
+        two_runs, lesion_folder, tmp_path):
+    older, out = older_run(two_runs[0], tmp_path / "older"), tmp_path / "soup"
+
+    assert main(["--runs", str(older), str(two_runs[1]), "--output_dir", str(out), "--dataset", str(lesion_folder),
+                 "--test_size", "0.3", "--validation_size", "0.15"]) == 0
+
+    digests = load_card_facts(two_runs[1] / "card_facts.json").split_digests
+    assert digests is not None and load_card_facts(out / "card_facts.json").split_digests == digests
 
 
 def test_the_command_refuses_a_folder_without_a_run_in_one_line_and_writes_nothing(tmp_path):
