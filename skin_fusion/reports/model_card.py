@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -176,15 +176,31 @@ def save_card_facts(facts: ModelCardFacts, path: Path) -> Path:
 
 
 def load_card_facts(path: Path) -> ModelCardFacts:
-    """Facts written by `save_card_facts`."""
-    return ModelCardFacts(**json.loads(path.read_text()))
+    """Facts written by `save_card_facts`; a ValueError naming the file and what is wrong with it otherwise."""
+    fix = "restore the file from the run (or git), or train the model again"
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): {fix}.") from err
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} holds a JSON {type(saved).__name__}, not the facts' object: {fix}.")
+    known = {spec.name for spec in fields(ModelCardFacts)}
+    required = {spec.name for spec in fields(ModelCardFacts)
+                if spec.default is MISSING and spec.default_factory is MISSING}
+    if unknown := sorted(saved.keys() - known):
+        raise ValueError(f"{path} has keys this version of SkinFusion does not know ({', '.join(unknown)}): update "
+                         f"SkinFusion, or {fix}.")
+    if missing := sorted(required - saved.keys()):
+        raise ValueError(f"{path} lacks {', '.join(missing)}: {fix}.")
+    return ModelCardFacts(**saved)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Render a saved model's card again from its card_facts.json, e.g. the repository's top-level model_card.md."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("model_dir", type=Path, help="a model directory written by train.py (holds card_facts.json)")
-    parser.add_argument("--out", type=Path, help="where to write the card (default: MODEL_DIR/README.md)")
+    parser.add_argument("--out", type=Path, help="where to write the card (default: MODEL_DIR/README.md); only the "
+                        "model's own card saves --repo_or_path and --image_only into its card_facts.json")
     parser.add_argument("--repo_or_path", help="the path or Hub id the card's code loads the model from")
     parser.add_argument("--image_only", type=Path,
                         help="an image-only model (train.py --modality image, or a soup of such runs) trained on this "
@@ -194,18 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     if not facts_path.is_file():
         print(f"No {CARD_FACTS_FILE} in {args.model_dir}: pass a model directory written by train.py.", file=sys.stderr)
         return 1
-    facts = load_card_facts(facts_path)
+    try:
+        facts = load_card_facts(facts_path)
+        if args.image_only:
+            facts.image_only_test_metrics = image_only_figures(facts, args.image_only)
+    except (OSError, ValueError) as error:
+        print(error, file=sys.stderr)
+        return 1
     if args.repo_or_path:
         facts.repo_or_path = args.repo_or_path
-    if args.image_only:
-        try:
-            facts.image_only_test_metrics = image_only_figures(facts, args.image_only)
-        except (OSError, ValueError) as error:
-            print(error, file=sys.stderr)
-            return 1
-    if args.repo_or_path or args.image_only:
-        save_card_facts(facts, facts_path)
     out = args.out or args.model_dir / "README.md"
+    # The model's own card and its facts change together; a card written elsewhere leaves both as they were.
+    if (args.repo_or_path or args.image_only) and out.resolve() == (args.model_dir / "README.md").resolve():
+        save_card_facts(facts, facts_path)
     assets = os.path.relpath(args.model_dir, out.resolve().parent) + "/" if out.parent.resolve() != \
         args.model_dir.resolve() else ""
     render_model_card(facts, assets=assets).save(out)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from pathlib import Path
+
+import pytest
 
 from skin_fusion.reports.model_card import load_card_facts, split_differences
 
@@ -35,3 +39,24 @@ def test_the_data_sets_name_is_compared_only_for_models_without_digests():
     assert split_differences(typed_here, typed_there) == []  # one folder typed two ways: the rows decide
     assert split_differences(dataclasses.replace(typed_here, split_digests=None), typed_there) == [
         "data set '../data/ham10000' against '/home/me/data/ham10000'"]
+
+
+# Damaged card_facts.json files, made from the shipped model's, with the words their refusal must say.
+DAMAGED_FACTS = {
+    "cut short": (lambda shipped: "{", "is not valid JSON"),
+    "a list": (lambda shipped: "[]", "holds a JSON list, not the facts' object"),
+    "an unknown key": (lambda shipped: json.dumps({**shipped, "unknown_key": 1}),
+                       r"has keys this version of SkinFusion does not know \(unknown_key\)"),
+    "no labels": (lambda shipped: json.dumps({k: v for k, v in shipped.items() if k != "label_names"}),
+                  "lacks label_names"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_FACTS))
+def test_damaged_card_facts_are_refused_naming_the_file_and_the_fix(tmp_path, damage):
+    content, message = DAMAGED_FACTS[damage]
+    path = tmp_path / "card_facts.json"
+    path.write_text(content(json.loads(SHIPPED_FACTS.read_text())))
+
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))} .*{message}.*train the model again"):
+        load_card_facts(path)

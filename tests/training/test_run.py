@@ -183,6 +183,10 @@ def test_the_card_command_adds_an_image_only_model_of_the_same_split_and_refuses
         assert render_card([str(model), "--image_only", str(refused)]) == 1
         assert re.search(message, capsys.readouterr().err)
         assert json.loads((model / "card_facts.json").read_text())["image_only_test_metrics"] is None
+    elsewhere = tmp_path / "model_card.md"  # a card written elsewhere leaves the model's facts as they were
+    assert render_card([str(model), "--image_only", str(twin), "--out", str(elsewhere)]) == 0
+    assert "| image-only model |" in elsewhere.read_text()
+    assert json.loads((model / "card_facts.json").read_text())["image_only_test_metrics"] is None
     assert render_card([str(model), "--image_only", str(twin)]) == 0
     assert json.loads((model / "card_facts.json").read_text())["image_only_test_metrics"] == twin_facts["test_metrics"]
     assert f"| image-only model | {twin_facts['test_metrics']['balanced_accuracy']:.3f} |" in (
