@@ -120,3 +120,12 @@ def test_the_readme_api_example_and_the_app_name_the_shipped_models_fields():
     keywords = re.findall(r"(\w+)=", example)
     assert keywords == [*fields, "tta", "explain"]
     assert all(name in FIELD_LABELS for name in fields)
+
+
+def test_the_spaces_licence_is_the_served_models():
+    from huggingface_hub import metadata_load
+
+    from app import DEFAULT_MODEL
+
+    assert REPO / DEFAULT_MODEL == SHIPPED
+    assert metadata_load(REPO / "README.md")["license"] == ModelCard.load(SHIPPED / "README.md").data.license
