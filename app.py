@@ -32,7 +32,13 @@ from skin_fusion.data.views import TEST_TIME_DESCRIPTION
 from skin_fusion.serving.image_io import MAX_UPLOAD_BYTES, ImageInputError
 from skin_fusion.serving.predictor import RUNTIMES, UNKNOWN_CHOICE, ModelNotFoundError, SkinFusionPredictor
 from skin_fusion.serving.web_io import (
-    OptionInputError, RequestBodyLimit, checkbox_value, image_file, settle_server_memory, upload_source,
+    OptionInputError,
+    RequestBodyLimit,
+    checkbox_value,
+    image_file,
+    private_upload_folder,
+    settle_server_memory,
+    upload_source,
 )
 from skin_fusion.threads import configure_torch_threads
 
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFoundError as err:
         print(err, file=sys.stderr)
         return 1
+    private_upload_folder()  # before the components, which take their upload folder when they are made
     demo = build_demo(predictor)
     # Spaces and containers stop an app with SIGTERM: handled like Ctrl-C, Gradio closes the server and deletes the
     # uploads it cached, and the heatmap folder goes at exit.

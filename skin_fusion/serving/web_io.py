@@ -9,6 +9,7 @@ tell a visitor what the server holds.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import binascii
 import contextlib
@@ -18,6 +19,8 @@ import hashlib
 import io
 import math
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -159,6 +162,19 @@ def image_file(image: Image.Image | None, folder: Path, keep_seconds: float = 60
             if old.stat().st_mtime < time.time() - keep_seconds:
                 old.unlink()
     return str(path)
+
+
+def private_upload_folder() -> Path:
+    """The web framework's upload cache for this server alone: $GRADIO_TEMP_DIR when it is set, else a new temporary
+    folder only this user can read, set as GRADIO_TEMP_DIR for the components made afterwards and removed at exit.
+    Gradio's default, /tmp/gradio, is shared by every Gradio app on the machine: the upload check would accept
+    another app's uploads, and each app's shutdown would delete files the others still serve."""
+    if configured := os.environ.get("GRADIO_TEMP_DIR"):
+        return Path(configured)
+    folder = Path(tempfile.mkdtemp(prefix="skin-fusion-uploads-"))
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def settle_server_memory() -> None:

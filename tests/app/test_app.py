@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -258,3 +260,19 @@ def test_app_script_with_a_damaged_model_prints_one_line_without_a_traceback_or_
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "trust_remote_code" not in done.stdout + done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"'{broken}' is not a SkinFusion model directory (")
+
+
+def test_the_app_keeps_uploads_in_a_folder_of_its_own_unless_gradio_temp_dir_says_otherwise(monkeypatch, tmp_path):
+    import gradio as gr
+
+    from skin_fusion.serving.web_io import private_upload_folder
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    folder = private_upload_folder()
+    try:
+        assert folder.stat().st_mode & 0o777 == 0o700 and folder != Path(tempfile.gettempdir()) / "gradio"
+        assert gr.Image().GRADIO_CACHE == str(folder) and private_upload_folder() == folder
+    finally:
+        shutil.rmtree(folder)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    assert private_upload_folder() == tmp_path
