@@ -61,6 +61,8 @@ DISCLAIMER = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (`argv`, default sys.argv), with the environment's SKIN_FUSION_* and GRADIO_SERVER_* as
+    defaults."""
     parser = argparse.ArgumentParser(description="Serve the SkinFusion Gradio app.")
     parser.add_argument("--model", default=os.environ.get("SKIN_FUSION_MODEL", DEFAULT_MODEL),
                         help=f"model directory or Hub id (default: $SKIN_FUSION_MODEL or {DEFAULT_MODEL})")
@@ -110,6 +112,8 @@ def make_predict_fn(predictor: SkinFusionPredictor, upload_dir: str):
 
 
 def metadata_input(name: str, predictor: SkinFusionPredictor) -> gr.components.Component:
+    """The form's field for one metadata column: a text box for a number, a dropdown of the model's categories (and
+    "unknown") otherwise; both start as "not recorded"."""
     label = FIELD_LABELS.get(name, name.replace("_", " ").capitalize())
     if name in predictor.numeric_columns:
         # A text box, not gr.Number: Gradio 6 shows an empty Number as 0 and sends 0, which would invent an age.
@@ -195,6 +199,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **kwargs:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Load the model and serve the app until Ctrl-C or SIGTERM; 1, with how to get a model, when there is none."""
     args = parse_args(argv)
     configure_torch_threads()
     try:

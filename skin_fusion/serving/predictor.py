@@ -110,6 +110,7 @@ class ModelCardSummary:
     note: str | None = None
 
     def to_markdown(self) -> str:
+        """The card's summary for the app's "About this model" panel: classes, note, training data and test results."""
         paragraphs = [f"**Classes:** {', '.join(map(class_display_name, self.classes))}"]
         if self.note:
             paragraphs.append(f"_{self.note}_")
@@ -299,6 +300,7 @@ class SkinFusionPredictor:
 
     @property
     def numeric_columns(self) -> list[str]:
+        """The metadata fields read as numbers (the app shows them as text boxes), in the model's order."""
         return self.encoder.numeric_columns if self.encoder is not None else []
 
     def metadata_choices(self) -> dict[str, list[str]]:
