@@ -10,6 +10,7 @@ accepted file costs at most about `MAX_DECODE_BYTES_PER_PIXEL` bytes per pixel, 
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -42,8 +43,9 @@ HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 ImageSource = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
 
-# What Pillow's readers raise on a damaged or truncated file, from the header to the last pixel.
-DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError)
+# What Pillow's readers raise on a damaged or truncated file, from the header to the last pixel (a TIFF tag of the
+# wrong type reaches the decoder as a string: TypeError).
+DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, TypeError, IndexError, KeyError, struct.error)
 
 
 class ImageInputError(ValueError):

@@ -48,6 +48,7 @@ from .trainer import BackboneFreezeCallback, BestWeightsInMemoryCallback, SkinFu
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class TrainingReport:
     """What a finished run reports (also written to `training_report.json` in the output directory)."""

@@ -202,7 +202,6 @@ def test_a_boolean_age_is_refused_not_taken_as_one(server):
         "Metadata 'age' must be a number, got True.")
 
 
-
 # Checkbox values a raw client can send instead of a JSON boolean: read by truthiness, "false" would turn TTA on.
 NOT_BOOLEANS = ["false", "true", "", 0, 1, [], {"value": False}]
 
@@ -216,6 +215,7 @@ def test_a_checkbox_that_is_not_a_boolean_is_refused_and_null_takes_the_forms_de
         assert event == "error" and message.startswith(f"'{option}' must be true or false, got {value!r}."), value
     event, outputs = call_predict(server.url, predict_data({"path": path}, tta=None, explain=None))
     assert event == "complete" and outputs[1] is not None  # explain's default: the heatmap is drawn
+
 
 # Images that pass the input checks but strain the server: each gets a result, within the memory bound.
 @pytest.mark.parametrize(("width", "height"), [(50_000, 32), (32, 50_000), (32_000, 32)])

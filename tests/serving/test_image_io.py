@@ -158,7 +158,6 @@ def test_truncated_jpeg_is_refused_as_damaged():
         load_rgb_image(data[: len(data) // 2])
 
 
-
 def bmp_with_header_size(size: int) -> bytes:
     data = bytearray(encode(Image.new("RGB", (64, 64), (200, 150, 130)), "BMP"))
     data[14:18] = struct.pack("<I", size)  # the DIB header's own size: 40 for the common BITMAPINFOHEADER
@@ -171,14 +170,28 @@ def truncated_webp() -> bytes:
     return data[: len(data) // 3]
 
 
-# Files whose format is recognised but whose header its reader refuses: Pillow raises OSError from Image.open itself.
-DAMAGED_HEADERS = {"BMP with an unknown header type": lambda: bmp_with_header_size(7), "truncated WebP": truncated_webp}
+def tiff_with_text_strip_offsets() -> bytes:
+    """A TIFF whose StripOffsets tag (273) claims the ASCII type: Pillow's decoder then gets a string (TypeError)."""
+    data = bytearray(encode(Image.new("RGB", (96, 96), (200, 150, 130)), "TIFF"))
+    directory = struct.unpack_from("<I", data, 4)[0]
+    for index in range(struct.unpack_from("<H", data, directory)[0]):
+        entry = directory + 2 + 12 * index
+        if struct.unpack_from("<H", data, entry)[0] == 273:
+            struct.pack_into("<H", data, entry + 2, 2)
+    return bytes(data)
+
+
+# Files whose format is recognised but whose header its reader refuses or misreads: Pillow raises OSError from
+# Image.open itself, or TypeError while decoding.
+DAMAGED_HEADERS = {"BMP with an unknown header type": lambda: bmp_with_header_size(7), "truncated WebP": truncated_webp,
+                   "TIFF with a text tag for its strip offsets": tiff_with_text_strip_offsets}
 
 
 @pytest.mark.parametrize("damage", list(DAMAGED_HEADERS))
 def test_a_file_whose_header_its_reader_refuses_is_refused_as_damaged(damage):
     with pytest.raises(ImageInputError, match="damaged or incomplete.*upload it again"):
         load_rgb_image(DAMAGED_HEADERS[damage]())
+
 
 def test_empty_file_is_refused():
     with pytest.raises(ImageInputError, match="empty"):
