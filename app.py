@@ -52,6 +52,8 @@ MAX_QUEUE = 32
 # app keeps nothing between requests, so it keeps one session per running prediction.
 MAX_SESSIONS = CONCURRENCY_LIMIT
 # Labels of the metadata fields the shipped model and the synthetic set use; other fields get their own name.
+# The form's options as it loads; an API call that sends null for one gets the same.
+TTA_DEFAULT, EXPLAIN_DEFAULT = False, True
 FIELD_LABELS = {"age": "Age (years)", "sex": "Sex", "localization": "Anatomical site",
                 "anatom_site_general": "Anatomical site"}
 DISCLAIMER = (
@@ -92,10 +94,10 @@ def make_predict_fn(predictor: SkinFusionPredictor, upload_dir: str):
     heatmaps = Path(tempfile.mkdtemp(prefix="skin-fusion-heatmaps-"))
 
     def predict(
-        image: dict[str, Any] | None, tta: Any = False, explain: Any = True, **metadata: Any
+        image: dict[str, Any] | None, tta: Any = TTA_DEFAULT, explain: Any = EXPLAIN_DEFAULT, **metadata: Any
     ) -> tuple[dict, Any, str, str]:
         try:
-            tta, explain = checkbox_value("tta", tta, False), checkbox_value("explain", explain, True)
+            tta, explain = checkbox_value("tta", tta, TTA_DEFAULT), checkbox_value("explain", explain, EXPLAIN_DEFAULT)
             result = predictor.predict(upload_source(image, upload_dir), metadata, tta=tta, explain=explain)
         except (ImageInputError, MetadataError, OptionInputError) as err:
             # A refused request's inputs (a data URL, a decoded image) outlive it in a reference cycle through its
@@ -163,8 +165,9 @@ def build_demo(predictor: SkinFusionPredictor, data_dir: Path | None = None) -> 
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
                                  label="Lesion photo", height=320, elem_id="lesion-image")
                 fields = [metadata_input(name, predictor) for name in predictor.metadata_columns]
-                tta = gr.Checkbox(label=f"Average over {TEST_TIME_DESCRIPTION} (test-time augmentation)")
-                explain = gr.Checkbox(value=True, label="Show where the model looked (Grad-CAM heatmap)")
+                tta = gr.Checkbox(value=TTA_DEFAULT,
+                                  label=f"Average over {TEST_TIME_DESCRIPTION} (test-time augmentation)")
+                explain = gr.Checkbox(value=EXPLAIN_DEFAULT, label="Show where the model looked (Grad-CAM heatmap)")
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
             with gr.Column():
                 probabilities = gr.Label(num_top_classes=len(predictor.labels), label="Calibrated probabilities",

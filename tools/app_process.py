@@ -110,7 +110,8 @@ def call_predict(url: str, data: list[Any], timeout: float = 120) -> tuple[str, 
 def predict_data(
     image: Any, age: Any = None, sex: Any = "unknown", site: Any = "unknown", tta: Any = False, explain: Any = True
 ) -> list[Any]:
-    """The /predict inputs in the API's order: image, age, sex, anatom_site_general, tta, explain."""
+    """The /predict inputs in the API's order for a model of the synthetic set (the tests' tiny models): image, age,
+    sex, anatom_site_general, tta, explain; `tta` and `explain` as sent, booleans or not."""
     return [image, age, sex, site, tta, explain]
 
 

@@ -166,9 +166,14 @@ def image_file(image: Image.Image | None, folder: Path, keep_seconds: float = 60
 
 def private_upload_folder() -> Path:
     """The web framework's upload cache for this server alone: $GRADIO_TEMP_DIR when it is set, else a new temporary
-    folder only this user can read, set as GRADIO_TEMP_DIR for the components made afterwards and removed at exit.
-    Gradio's default, /tmp/gradio, is shared by every Gradio app on the machine: the upload check would accept
-    another app's uploads, and each app's shutdown would delete files the others still serve."""
+    folder only this user can read, set as GRADIO_TEMP_DIR and removed at exit. Gradio's default, /tmp/gradio, is
+    shared by every Gradio app on the machine: the upload check would accept another app's uploads, and each app's
+    shutdown would delete files the others still serve.
+
+    Call it before the components are made: they, the upload route and Gradio's own path check read the variable when
+    they run. Two of Gradio's extras read it once, at import (the screen-recording route, which deletes what it writes
+    after each response, and an empty edit-history folder): they keep using /tmp/gradio unless GRADIO_TEMP_DIR is set
+    before gradio is imported, as a Space or container can."""
     if configured := os.environ.get("GRADIO_TEMP_DIR"):
         return Path(configured)
     folder = Path(tempfile.mkdtemp(prefix="skin-fusion-uploads-"))

@@ -267,7 +267,8 @@ def test_the_app_keeps_uploads_in_a_folder_of_its_own_unless_gradio_temp_dir_say
 
     from skin_fusion.serving.web_io import private_upload_folder
 
-    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # recorded first, so that teardown restores what was there
+    monkeypatch.delenv("GRADIO_TEMP_DIR")
     folder = private_upload_folder()
     try:
         assert folder.stat().st_mode & 0o777 == 0o700 and folder != Path(tempfile.gettempdir()) / "gradio"
