@@ -15,8 +15,9 @@ calibrated and adjusted on validation as train.py does for one model).
 
 The models must share their frozen early stages (the preset's runs do): those run once per image and view through
 the library's feature cache, and each model's own later stages run on the cached maps. Every run must have been
-trained on the split given here: its card_facts.json is checked as the soup command checks it (data set, split seed,
-sizes, and the digests of the rows and images). Writes OUT.json and OUT.md.
+trained on the split given here: its card_facts.json is checked as the soup command checks it (split seed, sizes, and
+the digests of the rows and images; the data set's name only for runs saved before digests). Writes OUT.json and
+OUT.md.
 """
 
 from __future__ import annotations

@@ -324,7 +324,9 @@ def save_soup(args: SoupArguments) -> dict[str, Any]:
                                    columns, predicted=decided),
         ece_before=fitted.ece_before, ece_after=fitted.ece_after, nll_before=fitted.nll_before,
         nll_after=fitted.nll_after, test_metrics_without_metadata=without_metadata, image_only_test_metrics=image_only,
-        split_digests=split_digests(lesions.splits),  # the rows scored here, which load_split checked
+        # The rows scored here, once load_split has checked them against a run's digests; unchecked rows (no run
+        # recorded any) would vouch for whatever --dataset held.
+        split_digests=split_digests(lesions.splits) if any(f.split_digests is not None for f in facts) else None,
         decision_strength=fitted.decision_strength,
         curves=bool(curve_seeds),
         training={**facts[0].training, "seed": None, "soup_seeds": seeds, "curve_seeds": curve_seeds,
