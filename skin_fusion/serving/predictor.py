@@ -16,7 +16,6 @@ checked against PyTorch when it loads; Grad-CAM always runs in PyTorch.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -45,6 +44,7 @@ from ..modeling import (
 )
 from ..modeling.metadata_encoding import is_missing, quote
 from ..modeling.modeling_skin_fusion import predicted_classes
+from ..reports.model_card import ModelCardFacts, load_card_facts
 from .batch_norm_folding import fold_batch_norms
 from .explain import GradCamResult, find_last_conv_layer, grad_cam, overlay_heatmap
 from .image_io import ImageSource, load_rgb_image
@@ -131,7 +131,12 @@ def read_model_card(path_or_id: str | Path, classes: list[str]) -> ModelCardSumm
     never an error; the card's prose is never parsed."""
     local = Path(path_or_id)
     if (local / CARD_FACTS_FILE).is_file():
-        return summary_from_card_facts(json.loads((local / CARD_FACTS_FILE).read_text()), classes)
+        try:
+            return summary_from_card_facts(load_card_facts(local / CARD_FACTS_FILE), classes)
+        except (OSError, ValueError) as err:
+            logger.warning("%s", err)  # the path and the fix for the operator; visitors see only the note
+            return ModelCardSummary(classes, note=f"This model's {CARD_FACTS_FILE} is damaged: its training data and "
+                                                  "test results are unknown.")
     source = local / "README.md" if local.is_dir() else str(path_or_id)
     if local.is_dir() and not Path(source).is_file():
         return ModelCardSummary(classes, note="No model card (README.md) beside this model: its training data and "
@@ -154,14 +159,14 @@ def read_model_card(path_or_id: str | Path, classes: list[str]) -> ModelCardSumm
     )
 
 
-def summary_from_card_facts(facts: dict[str, Any], classes: list[str]) -> ModelCardSummary:
-    """The summary of a model from the facts its training recorded (`ModelCardFacts` as JSON)."""
-    sizes = ", ".join(f"{split} {size:,}" for split, size in facts["split_sizes"].items())
-    metrics = [(f"{facts['dataset_name']} (test)", name, round(float(facts["test_metrics"][name]), 4))
-               for name in CARD_METRICS if name in facts["test_metrics"]]
+def summary_from_card_facts(facts: ModelCardFacts, classes: list[str]) -> ModelCardSummary:
+    """The summary of a model from the facts its training recorded."""
+    sizes = ", ".join(f"{split} {size:,}" for split, size in facts.split_sizes.items())
+    metrics = [(f"{facts.dataset_name} (test)", name, round(float(facts.test_metrics[name]), 4))
+               for name in CARD_METRICS if name in facts.test_metrics]
     return ModelCardSummary(
-        classes, training_data=f"{facts['dataset_name']} (`{facts['dataset_source']}`): {sizes}.",
-        test_metrics=metrics, synthetic=bool(facts["synthetic"]),
+        classes, training_data=f"{facts.dataset_name} (`{facts.dataset_source}`): {sizes}.",
+        test_metrics=metrics, synthetic=bool(facts.synthetic),
         note=None if metrics else "The model's training recorded no test results.",
     )
 

@@ -194,6 +194,19 @@ def test_model_card_summary_reads_the_facts_training_wrote_beside_the_model(tmp_
     assert "| synthetic-v1 (test) | balanced_accuracy | 0.8123 |" in card.to_markdown()
 
 
+
+def test_damaged_card_facts_give_a_note_without_the_servers_paths_and_the_model_still_serves(tmp_path, caplog):
+    model_dir = save_tiny_model(tmp_path)
+    (model_dir / "card_facts.json").write_text('{"model_name": "cut sho')
+
+    predictor = SkinFusionPredictor.from_pretrained(model_dir)
+
+    assert predictor.card.note == ("This model's card_facts.json is damaged: its training data and test results are "
+                                   "unknown.")
+    assert str(tmp_path) not in predictor.card.to_markdown()
+    assert f"{model_dir / 'card_facts.json'} is not valid JSON" in caplog.text
+    assert sum(predictor.predict(lesion_image(), {}).probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
 def test_model_card_summary_without_facts_reads_the_yaml_header_never_the_prose(tmp_path):
     model_dir = save_tiny_model(tmp_path)
     results = [EvalResult(task_type="image-classification", dataset_type="synthetic-v1", dataset_name="synthetic-v1",
