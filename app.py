@@ -51,9 +51,9 @@ MAX_QUEUE = 32
 # Gradio keeps each session's last inputs (a data URL: up to 27 MB) until this many newer sessions push them out. The
 # app keeps nothing between requests, so it keeps one session per running prediction.
 MAX_SESSIONS = CONCURRENCY_LIMIT
-# Labels of the metadata fields the shipped model and the synthetic set use; other fields get their own name.
 # The form's options as it loads; an API call that sends null for one gets the same.
 TTA_DEFAULT, EXPLAIN_DEFAULT = False, True
+# Labels of the metadata fields the shipped model and the synthetic set use; other fields get their own name.
 FIELD_LABELS = {"age": "Age (years)", "sex": "Sex", "localization": "Anatomical site",
                 "anatom_site_general": "Anatomical site"}
 DISCLAIMER = (
@@ -94,7 +94,7 @@ def make_predict_fn(predictor: SkinFusionPredictor, upload_dir: str):
     heatmaps = Path(tempfile.mkdtemp(prefix="skin-fusion-heatmaps-"))
 
     def predict(
-        image: dict[str, Any] | None, tta: Any = TTA_DEFAULT, explain: Any = EXPLAIN_DEFAULT, **metadata: Any
+        image: dict[str, Any] | None, tta: Any = None, explain: Any = None, **metadata: Any
     ) -> tuple[dict, Any, str, str]:
         try:
             tta, explain = checkbox_value("tta", tta, TTA_DEFAULT), checkbox_value("explain", explain, EXPLAIN_DEFAULT)
